@@ -1,0 +1,1 @@
+"""Meta-learners and the pieces they share (returns, adaptation, TRPO)."""

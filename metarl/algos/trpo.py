@@ -1,0 +1,65 @@
+"""The pieces of a TRPO step: flat vectors of parameter dicts, conjugate gradient, the scaled step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from metarl.policies.batched import Params
+
+
+def flatten(tensors: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def unflatten(vector: torch.Tensor, like: Params) -> Params:
+    """Split a flat vector into tensors shaped like `like`'s values."""
+    out, offset = {}, 0
+    for name, p in like.items():
+        out[name] = vector[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
+    return out
+
+
+def conjugate_gradient(
+    matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, iters: int, tol: float = 1e-10
+) -> torch.Tensor:
+    """Approximate solution x of A x = b for symmetric positive definite A given as `matvec`."""
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = b.clone()
+    rr = r @ r
+    for _ in range(iters):
+        if rr < tol:
+            break
+        ap = matvec(p)
+        alpha = rr / (p @ ap)
+        x = x + alpha * p
+        r = r - alpha * ap
+        rr_new = r @ r
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    return x
+
+
+def fisher_vector_product(
+    kl: torch.Tensor, params: list[torch.Tensor], damping: float
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """v ↦ (∇²KL + damping·I) v, with the KL's gradient graph built once and reused for every v."""
+    grad_kl = flatten(torch.autograd.grad(kl, params, create_graph=True))
+
+    def product(v: torch.Tensor) -> torch.Tensor:
+        hv = flatten(torch.autograd.grad(grad_kl @ v, params, retain_graph=True))
+        return hv + damping * v
+
+    return product
+
+
+def natural_step(
+    grad: torch.Tensor, fvp: Callable[[torch.Tensor], torch.Tensor], max_kl: float, cg_iters: int
+) -> torch.Tensor:
+    """The step F⁻¹g scaled so its quadratic KL estimate ½ sᵀF s equals `max_kl`."""
+    direction = conjugate_gradient(fvp, grad, cg_iters)
+    shs = 0.5 * (direction @ fvp(direction))
+    return direction * torch.sqrt(max_kl / shs.clamp(min=1e-12))

@@ -1,0 +1,107 @@
+"""Gaussian and categorical MLP policies.
+
+Plain `nn.Module`s: the core adapts them with `torch.func.functional_call`, so they take no `params=`.
+Observations may carry any leading batch dimensions; `log_prob` returns one value per observation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+from torch.distributions import Categorical, Distribution, Independent, Normal
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "leaky_relu": nn.LeakyReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+}
+
+
+def observation_dim(space: gym.Space) -> int:
+    """Flat size of an observation as the sampler delivers it (Discrete is one-hot)."""
+    if isinstance(space, gym.spaces.Discrete):
+        return int(space.n)
+    if isinstance(space, gym.spaces.Box):
+        return int(np.prod(space.shape))
+    raise TypeError(f"unsupported observation space {space!r}: metarl supports Box and Discrete")
+
+
+def default_policy_name(action_space: gym.Space) -> str:
+    """The built-in policy for an action space."""
+    if isinstance(action_space, gym.spaces.Box):
+        return "gaussian-mlp"
+    if isinstance(action_space, gym.spaces.Discrete):
+        return "categorical-mlp"
+    raise TypeError(f"unsupported action space {action_space!r}: metarl supports Box and Discrete")
+
+
+def _mlp(in_dim: int, hidden_sizes: Sequence[int], activation: str) -> tuple[nn.Sequential, int]:
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; allowed: {', '.join(_ACTIVATIONS)}")
+    layers: list[nn.Module] = []
+    for size in hidden_sizes:
+        linear = nn.Linear(in_dim, size)
+        nn.init.xavier_uniform_(linear.weight)
+        nn.init.zeros_(linear.bias)
+        layers += [linear, _ACTIVATIONS[activation]()]
+        in_dim = size
+    return nn.Sequential(*layers), in_dim
+
+
+class GaussianMLP(nn.Module):
+    """Diagonal Gaussian over Box actions: MLP mean, state-independent learned log std."""
+
+    def __init__(
+        self,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        hidden_sizes: Sequence[int] = (64, 64),
+        activation: str = "tanh",
+        init_std: float = 1.0,
+        min_std: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        if not isinstance(action_space, gym.spaces.Box):
+            raise TypeError(f"gaussian-mlp needs a Box action space, got {action_space!r}")
+        self.action_shape = action_space.shape
+        self.trunk, width = _mlp(observation_dim(observation_space), hidden_sizes, activation)
+        self.mean = nn.Linear(width, int(np.prod(action_space.shape)))
+        nn.init.xavier_uniform_(self.mean.weight)
+        nn.init.zeros_(self.mean.bias)
+        self.log_std = nn.Parameter(torch.full((int(np.prod(action_space.shape)),), math.log(init_std)))
+        self.min_log_std = math.log(min_std)
+
+    def forward(self, obs: torch.Tensor) -> Distribution:
+        mean = self.mean(self.trunk(obs)).reshape(*obs.shape[:-1], *self.action_shape)
+        std = self.log_std.clamp(min=self.min_log_std).exp().reshape(self.action_shape)
+        return Independent(Normal(mean, std.expand_as(mean)), len(self.action_shape))
+
+
+class CategoricalMLP(nn.Module):
+    """Categorical over Discrete actions: MLP logits."""
+
+    def __init__(
+        self,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        hidden_sizes: Sequence[int] = (64, 64),
+        activation: str = "tanh",
+    ) -> None:
+        super().__init__()
+        if not isinstance(action_space, gym.spaces.Discrete):
+            raise TypeError(f"categorical-mlp needs a Discrete action space, got {action_space!r}")
+        self.trunk, width = _mlp(observation_dim(observation_space), hidden_sizes, activation)
+        self.logits = nn.Linear(width, int(action_space.n))
+        nn.init.xavier_uniform_(self.logits.weight)
+        nn.init.zeros_(self.logits.bias)
+
+    def forward(self, obs: torch.Tensor) -> Distribution:
+        return Categorical(logits=self.logits(self.trunk(obs)))

@@ -1,0 +1,150 @@
+"""Task families, policies and regularizers by name, found through `importlib.metadata` entry points.
+
+Entry points are read on the first lookup of a group, and a plugin module is imported only when its
+name is looked up. The built-in plugins are declared in metarl's own `pyproject.toml` the same way a
+third-party package declares its own.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+from metarl.errors import PluginError, UnknownNameError
+
+AUTOLOAD_ENV_VAR = "METARL_DISABLE_PLUGIN_AUTOLOAD"
+BUILTIN_DISTRIBUTION = "metarl"
+
+
+@dataclass(frozen=True)
+class PluginSource:
+    """Where a name comes from: an entry point of an installed distribution, or a runtime `register`."""
+
+    name: str
+    target: str
+    package: str
+    version: str
+    entry_point: metadata.EntryPoint | None = None
+    obj: Any = None
+
+
+@dataclass(frozen=True)
+class PluginStatus:
+    """One row of `metarl list`: a name, its package and whether it loads."""
+
+    name: str
+    package: str
+    version: str
+    target: str
+    error: str | None
+
+
+class Registry:
+    """Named plugins of one entry-point group, loaded lazily and checked against the contract."""
+
+    def __init__(self, kind: str, plural: str, group: str, check: Callable[[Any], None]) -> None:
+        self.kind = kind
+        self.plural = plural
+        self.group = group
+        self._check = check
+        self._sources: dict[str, list[PluginSource]] | None = None
+        self._loaded: dict[str, Any] = {}
+
+    def _discover(self) -> dict[str, list[PluginSource]]:
+        if self._sources is None:
+            builtins_only = os.environ.get(AUTOLOAD_ENV_VAR, "").strip() not in ("", "0")
+            sources: dict[str, list[PluginSource]] = {}
+            for ep in metadata.entry_points(group=self.group):
+                dist = ep.dist
+                package = dist.metadata["Name"] if dist is not None else "<unknown>"
+                if builtins_only and package != BUILTIN_DISTRIBUTION:
+                    continue
+                version = dist.version if dist is not None else "?"
+                claims = sources.setdefault(ep.name, [])
+                # The same distribution can be seen twice on sys.path (e.g. editable + build dir).
+                if all(c.package != package for c in claims):
+                    claims.append(PluginSource(ep.name, ep.value, package, version, entry_point=ep))
+            self._sources = sources
+        return self._sources
+
+    def register(self, name: str, obj: Any, package: str = "<runtime>") -> None:
+        """Add `obj` under `name` without an installed package (scripts and notebooks)."""
+        self._check(obj)
+        target = f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', repr(obj))}"
+        self._discover()[name] = [PluginSource(name, target, package, "-", obj=obj)]
+        self._loaded[name] = obj
+
+    def names(self) -> list[str]:
+        """All names in this group, sorted, including broken ones."""
+        return sorted(self._discover())
+
+    def _source(self, name: str) -> PluginSource:
+        sources = self._discover()
+        if name not in sources:
+            known = sorted(sources)
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise UnknownNameError(
+                f"unknown {self.kind} {name!r}.{hint} Known {self.plural}: {', '.join(known) or 'none'}"
+            )
+        claims = sources[name]
+        if len(claims) > 1:
+            packages = " and ".join(f"{c.package} ({c.target})" for c in claims)
+            raise PluginError(f"{self.kind} name {name!r} is claimed by more than one package: {packages}")
+        return claims[0]
+
+    def load(self, name: str) -> Any:
+        """The class registered under `name`; raises a one-line error if unknown or broken."""
+        if name in self._loaded:
+            return self._loaded[name]
+        source = self._source(name)
+        where = f"{self.kind} {name!r} (entry point {source.target!r} of package {source.package})"
+        try:
+            obj = source.entry_point.load() if source.entry_point is not None else source.obj
+        except Exception as exc:  # any import-time failure of a plugin is the plugin's fault
+            raise PluginError(f"{where} failed to import: {type(exc).__name__}: {exc}") from exc
+        try:
+            self._check(obj)
+        except TypeError as exc:
+            raise PluginError(f"{where} does not satisfy the plugin contract: {exc}") from exc
+        self._loaded[name] = obj
+        return obj
+
+    def status(self) -> list[PluginStatus]:
+        """Every name with its package and load error (None when it loads)."""
+        rows = []
+        for name, claims in sorted(self._discover().items()):
+            try:
+                self.load(name)
+                error = None
+            except (PluginError, UnknownNameError) as exc:
+                error = str(exc)
+            first = claims[0]
+            rows.append(PluginStatus(name, first.package, first.version, first.target, error))
+        return rows
+
+
+def _check_subclass(base_path: str) -> Callable[[Any], None]:
+    def check(obj: Any) -> None:
+        module, attr = base_path.rsplit(".", 1)
+        base = getattr(__import__(module, fromlist=[attr]), attr)
+        if not (isinstance(obj, type) and issubclass(obj, base)):
+            raise TypeError(f"expected a subclass of {base_path}, got {obj!r}")
+
+    return check
+
+
+envs = Registry("env", "envs", "metarl.envs", _check_subclass("metarl.tasks.TaskDistribution"))
+policies = Registry("policy", "policies", "metarl.policies", _check_subclass("torch.nn.Module"))
+regularizers = Registry(
+    "regularizer",
+    "regularizers",
+    "metarl.regularizers",
+    _check_subclass("metarl.regularizers.base.Regularizer"),
+)
+
+REGISTRIES: dict[str, Registry] = {"envs": envs, "policies": policies, "regularizers": regularizers}

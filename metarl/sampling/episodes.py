@@ -1,0 +1,50 @@
+"""A batch of episodes for a meta-batch: tensors shaped [tasks, episodes, time, ...]."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+
+@dataclass
+class Episodes:
+    """Episodes of several tasks. `mask` is 1 while an episode runs and 0 after it ended.
+
+    Indexing with a task number gives that task's batch, with the leading task dimension removed.
+    """
+
+    observations: torch.Tensor  # [T, E, H, obs_dim]
+    actions: torch.Tensor  # [T, E, H, *action_shape]
+    rewards: torch.Tensor  # [T, E, H]
+    mask: torch.Tensor  # [T, E, H]
+    advantages: torch.Tensor | None = None  # [T, E, H], set by the learner
+
+    def __len__(self) -> int:
+        return self.rewards.shape[0]
+
+    def __getitem__(self, task: int) -> Episodes:
+        return Episodes(
+            **{f.name: None if (v := getattr(self, f.name)) is None else v[task] for f in fields(self)}
+        )
+
+    def tasks(self) -> list[Episodes]:
+        """One batch per task."""
+        return [self[i] for i in range(len(self))]
+
+    def episode_returns(self) -> torch.Tensor:
+        """Undiscounted return of each episode, [..., E]."""
+        return (self.rewards * self.mask).sum(-1)
+
+    @property
+    def num_steps(self) -> int:
+        """Environment steps taken in this batch."""
+        return int(self.mask.sum().item())
+
+    def with_advantages(self, advantages: torch.Tensor) -> Episodes:
+        return replace(self, advantages=advantages)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the last two dims (episodes, time) where `mask` is 1; one value per task."""
+    return (values * mask).sum((-2, -1)) / mask.sum((-2, -1)).clamp(min=1.0)

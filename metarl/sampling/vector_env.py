@@ -1,0 +1,125 @@
+"""Environments for a whole meta-batch: `num_tasks` × `episodes_per_task` episodes stepped together.
+
+`VectorTaskEnv` is the interface of a family's batched fast path (tensors in, tensors out, on the
+run's device). `GymVectorTaskEnv` is the generic path over `TaskDistribution.make_env`, which every
+family, third-party ones included, supports.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from metarl.errors import PluginError
+
+if TYPE_CHECKING:
+    from metarl.tasks import TaskDistribution
+
+
+class VectorTaskEnv:
+    """Steps episodes of many tasks at once; tensors are shaped [num_tasks, episodes_per_task, ...].
+
+    Each env runs one episode per `reset`. `step` returns (observations, rewards, dones); an episode
+    that is done is ignored by the sampler afterwards, whatever the env returns for it.
+    """
+
+    observation_space: gym.Space
+    action_space: gym.Space
+    num_tasks: int
+    episodes_per_task: int
+    device: torch.device
+
+    def reset(self, seed: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release resources (nothing by default)."""
+
+
+def check_spaces(observation_space: gym.Space, action_space: gym.Space, where: str) -> None:
+    """Raise a PluginError unless both spaces are Box or Discrete."""
+    for role, space in (("observation", observation_space), ("action", action_space)):
+        if not isinstance(space, (gym.spaces.Box, gym.spaces.Discrete)):
+            raise PluginError(
+                f"{where}: unsupported {role} space {space!r}; metarl supports Box and Discrete"
+            )
+
+
+def _to_float(space: gym.Space, obs: np.ndarray) -> np.ndarray:
+    if isinstance(space, gym.spaces.Discrete):
+        return np.eye(int(space.n), dtype=np.float32)[int(obs) - int(space.start)]
+    return np.asarray(obs, dtype=np.float32).reshape(-1)
+
+
+class GymVectorTaskEnv(VectorTaskEnv):
+    """The generic path: one `make_env` instance per (task, episode), stepped in a Python loop."""
+
+    def __init__(
+        self,
+        family: TaskDistribution,
+        tasks: list[dict[str, Any]],
+        episodes_per_task: int,
+        device: torch.device,
+    ) -> None:
+        self.num_tasks, self.episodes_per_task, self.device = len(tasks), episodes_per_task, device
+        self.envs = [family.make_env(task) for task in tasks for _ in range(episodes_per_task)]
+        first = self.envs[0]
+        self.observation_space, self.action_space = first.observation_space, first.action_space
+        check_spaces(self.observation_space, self.action_space, f"env of {type(family).__name__}")
+        self._obs_dim = (
+            int(np.prod(self.observation_space.shape))
+            if isinstance(self.observation_space, gym.spaces.Box)
+            else int(self.observation_space.n)
+        )
+        self._done = np.zeros(len(self.envs), dtype=bool)
+
+    def _pack(self, rows: list[np.ndarray]) -> torch.Tensor:
+        array = np.stack(rows).reshape(self.num_tasks, self.episodes_per_task, self._obs_dim)
+        return torch.from_numpy(array).to(self.device)
+
+    def reset(self, seed: int) -> torch.Tensor:
+        self._done[:] = False
+        rows = [
+            _to_float(self.observation_space, env.reset(seed=seed + i)[0]) for i, env in enumerate(self.envs)
+        ]
+        return self._pack(rows)
+
+    def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        flat = actions.detach().cpu().numpy().reshape(len(self.envs), *self.action_space.shape)
+        if isinstance(self.action_space, gym.spaces.Box):
+            flat = np.clip(flat, self.action_space.low, self.action_space.high)
+        rows, rewards = [], np.zeros(len(self.envs), dtype=np.float32)
+        zero = np.zeros(self._obs_dim, dtype=np.float32)
+        for i, env in enumerate(self.envs):
+            if self._done[i]:
+                rows.append(zero)
+                continue
+            action = int(flat[i]) if isinstance(self.action_space, gym.spaces.Discrete) else flat[i]
+            obs, reward, terminated, truncated, _ = env.step(action)
+            rows.append(_to_float(self.observation_space, obs))
+            rewards[i] = reward
+            self._done[i] = terminated or truncated
+        shape = (self.num_tasks, self.episodes_per_task)
+        return (
+            self._pack(rows),
+            torch.from_numpy(rewards.reshape(shape)).to(self.device),
+            torch.from_numpy(self._done.reshape(shape).copy()).to(self.device),
+        )
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+def make_vector_env(
+    family: TaskDistribution, tasks: list[dict[str, Any]], episodes_per_task: int, device: torch.device
+) -> VectorTaskEnv:
+    """The family's batched fast path when it has one, else the generic `make_env` path."""
+    env = family.make_vector_env(tasks, episodes_per_task, device)
+    return env if env is not None else GymVectorTaskEnv(family, tasks, episodes_per_task, device)
