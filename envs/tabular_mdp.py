@@ -22,9 +22,7 @@ class TabularMDPEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(
-        self, task: dict[str, Any] | None = None, num_states: int = 10, num_actions: int = 5
-    ) -> None:
+    def __init__(self, task: dict[str, Any] | None = None, num_states: int = 10, num_actions: int = 5) -> None:
         if task is None:
             task = {
                 "transitions": np.full((num_states, num_actions, num_states), 1.0 / num_states),
@@ -96,9 +94,7 @@ class TabularMDP(TaskDistribution):
         s, a = self.num_states, self.num_actions
         transitions = rng.dirichlet(np.ones(s), size=(num_tasks, s, a))
         rewards_mean = rng.normal(1.0, 1.0, size=(num_tasks, s, a))
-        return [
-            {"transitions": p.tolist(), "rewards_mean": r.tolist()} for p, r in zip(transitions, rewards_mean)
-        ]
+        return [{"transitions": p.tolist(), "rewards_mean": r.tolist()} for p, r in zip(transitions, rewards_mean)]
 
     def make_env(self, task: dict[str, Any]) -> gym.Env:
         return TabularMDPEnv(task)

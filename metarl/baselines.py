@@ -11,11 +11,7 @@ from metarl.sampling.episodes import Episodes
 def _features(episodes: Episodes) -> torch.Tensor:
     obs, mask = episodes.observations, episodes.mask.unsqueeze(-1)
     horizon = obs.shape[-2]
-    t = (
-        (torch.arange(horizon, device=obs.device, dtype=obs.dtype) / 100.0)
-        .view(horizon, 1)
-        .expand(*obs.shape[:-1], 1)
-    )
+    t = (torch.arange(horizon, device=obs.device, dtype=obs.dtype) / 100.0).view(horizon, 1).expand(*obs.shape[:-1], 1)
     return torch.cat([obs, obs**2, t, t**2, t**3, torch.ones_like(t)], dim=-1) * mask
 
 

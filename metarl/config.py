@@ -169,9 +169,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(
-            f"config file {str(path)!r} must hold a mapping of config keys, got {type(data).__name__}"
-        )
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of config keys, got {type(data).__name__}")
     return data
 
 

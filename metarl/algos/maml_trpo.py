@@ -77,26 +77,18 @@ class MAMLTRPO:
     def _episodes(self, params: Params, env, seed: int) -> Episodes:
         episodes = sample_episodes(self.policy, params, env, self.horizon, seed)
         c = self.config
-        return episodes.with_advantages(
-            compute_advantages(episodes, c.gamma, c.gae_lambda, c.normalize_advantages)
-        )
+        return episodes.with_advantages(compute_advantages(episodes, c.gamma, c.gae_lambda, c.normalize_advantages))
 
     def objective(self, params: Params, adapted: Params, batch: MetaBatch) -> OuterObjective:
         """Surrogate on validation episodes at the adapted parameters, plus weighted regularizers."""
         valid = batch.valid
-        ratio = torch.exp(
-            log_probs(self.policy, adapted, valid.observations, valid.actions) - batch.old_log_probs
-        )
+        ratio = torch.exp(log_probs(self.policy, adapted, valid.observations, valid.actions) - batch.old_log_probs)
         surrogate = -masked_mean(ratio * valid.advantages, valid.mask).mean()
-        kl = masked_mean(
-            kl_divergence(self.policy, batch.old_adapted, adapted, valid.observations), valid.mask
-        ).mean()
+        kl = masked_mean(kl_divergence(self.policy, batch.old_adapted, adapted, valid.observations), valid.mask).mean()
         penalties: dict[str, torch.Tensor] = {}
         loss = surrogate
         if self.regularizers:
-            ctx = RegularizerContext(
-                self.policy, params, unstack(adapted), batch.train.tasks(), valid.tasks()
-            )
+            ctx = RegularizerContext(self.policy, params, unstack(adapted), batch.train.tasks(), valid.tasks())
             for name, (regularizer, weight) in self.regularizers.items():
                 penalties[name] = regularizer(ctx)
                 loss = loss + weight * penalties[name]

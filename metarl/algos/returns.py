@@ -15,9 +15,7 @@ def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) 
     return returns * mask
 
 
-def gae(
-    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
-) -> torch.Tensor:
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
     """GAE(γ, λ) advantages; the value after the last step of an episode is taken as 0."""
     values = values * mask
     next_values = torch.cat([values[..., 1:], torch.zeros_like(values[..., :1])], dim=-1)

@@ -24,9 +24,7 @@ class Episodes:
         return self.rewards.shape[0]
 
     def __getitem__(self, task: int) -> Episodes:
-        return Episodes(
-            **{f.name: None if (v := getattr(self, f.name)) is None else v[task] for f in fields(self)}
-        )
+        return Episodes(**{f.name: None if (v := getattr(self, f.name)) is None else v[task] for f in fields(self)})
 
     def tasks(self) -> list[Episodes]:
         """One batch per task."""

@@ -46,9 +46,7 @@ def check_spaces(observation_space: gym.Space, action_space: gym.Space, where: s
     """Raise a PluginError unless both spaces are Box or Discrete."""
     for role, space in (("observation", observation_space), ("action", action_space)):
         if not isinstance(space, (gym.spaces.Box, gym.spaces.Discrete)):
-            raise PluginError(
-                f"{where}: unsupported {role} space {space!r}; metarl supports Box and Discrete"
-            )
+            raise PluginError(f"{where}: unsupported {role} space {space!r}; metarl supports Box and Discrete")
 
 
 def _to_float(space: gym.Space, obs: np.ndarray) -> np.ndarray:
@@ -85,9 +83,7 @@ class GymVectorTaskEnv(VectorTaskEnv):
 
     def reset(self, seed: int) -> torch.Tensor:
         self._done[:] = False
-        rows = [
-            _to_float(self.observation_space, env.reset(seed=seed + i)[0]) for i, env in enumerate(self.envs)
-        ]
+        rows = [_to_float(self.observation_space, env.reset(seed=seed + i)[0]) for i, env in enumerate(self.envs)]
         return self._pack(rows)
 
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
