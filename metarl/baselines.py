@@ -36,4 +36,4 @@ def linear_feature_values(episodes: Episodes, gamma: float, reg: float = 1e-5) -
             break
         coeff = torch.where(failed, coeff * 10, coeff)
     weights = torch.cholesky_solve(rhs, chol)
-    return (feats @ weights).squeeze(-1).to(episodes.rewards.dtype)
+    return (x @ weights).view_as(targets).to(episodes.rewards.dtype)

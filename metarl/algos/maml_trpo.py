@@ -144,13 +144,14 @@ class MAMLTRPO:
         }
         fvp = fisher_vector_product(before.kl, theta, c.cg_damping)
         step = natural_step(grad, fvp, c.max_kl, c.cg_iters)
-        if not (torch.isfinite(grad).all() and torch.isfinite(step).all()):
-            return {**metrics, **self._refused(), "train/non_finite": 1.0}
+        finite = bool(torch.isfinite(grad).all() and torch.isfinite(step).all())
+        metrics["train/non_finite"] = float(not finite)
+        attempts = c.ls_max_steps if finite else 0
 
         current = detach(params)
         direction = unflatten(step, current)
         size = 1.0
-        for attempt in range(1, c.ls_max_steps + 1):
+        for attempt in range(1, attempts + 1):
             candidate = {n: (current[n] - size * direction[n]).requires_grad_() for n in current}
             after = self.objective(candidate, self._adapt(candidate, batch.train, first_order=True), batch)
             improvement = before.loss.item() - after.loss.item()
@@ -171,14 +172,15 @@ class MAMLTRPO:
                     "train/expected_improvement": size * (grad @ step).item(),
                 }
             size *= c.ls_backtrack_ratio
-        return {**metrics, **self._refused(), "train/line_search_steps": float(c.ls_max_steps)}
-
-    @staticmethod
-    def _refused() -> dict[str, float]:
-        """Metrics of an iteration whose θ is left unchanged."""
+        # No step accepted: θ stays as it was, and the metrics say so.
         return {
+            **metrics,
             "train/line_search_accepted": 0.0,
-            "train/kl": 0.0,
+            "train/line_search_steps": float(attempts),
             "train/step_size": 0.0,
+            "train/kl": 0.0,
+            "train/surrogate_after": metrics["train/surrogate_before"],
+            "train/loss_after": metrics["train/loss_before"],
             "train/improvement": 0.0,
+            "train/expected_improvement": 0.0,
         }

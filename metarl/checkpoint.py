@@ -1,0 +1,71 @@
+"""Files that are either whole or absent: write to a temporary file, fsync, rename.
+
+Checkpoints hold only tensors and plain Python values, so they load with
+`torch.load(weights_only=True)` and never execute code.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metarl.errors import MetarlError
+
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_FORMAT = 1
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that a crash leaves either the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def checkpoint_path(run_dir: Path, iteration: int) -> Path:
+    return run_dir / CHECKPOINT_DIR / f"iter-{iteration:06d}.pt"
+
+
+def save_checkpoint(run_dir: Path, iteration: int, state: dict[str, Any]) -> Path:
+    """Write `state` as the checkpoint of `iteration` (atomically) and return its path."""
+    buffer = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, "iteration": iteration, **state}, buffer)
+    path = checkpoint_path(run_dir, iteration)
+    atomic_write(path, buffer.getvalue())
+    return path
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's checkpoints, oldest first."""
+    return sorted((run_dir / CHECKPOINT_DIR).glob("iter-*.pt"))
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint's state; a file that is not a metarl checkpoint is a MetarlError."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise MetarlError(f"checkpoint {str(path)!r} does not exist") from None
+    except Exception as exc:  # torch raises many types for truncated or foreign files
+        raise MetarlError(f"checkpoint {str(path)!r} cannot be read: {type(exc).__name__}: {exc}") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise MetarlError(f"{str(path)!r} is not a metarl checkpoint of format {CHECKPOINT_FORMAT}")
+    return state

@@ -1,0 +1,158 @@
+"""`metarl train | list`: the command line. Errors a user can fix print as one line, exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from metarl.errors import MetarlError
+
+if TYPE_CHECKING:
+    from metarl.config import Config
+
+LIST_GROUPS = ("envs", "policies", "regularizers")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="metarl", description="Gradient-based meta-reinforcement learning.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="meta-train a policy on a task family")
+    train.add_argument("--env", help="task family (see `metarl list envs`)")
+    train.add_argument("--config", type=Path, help="YAML file of config keys")
+    train.add_argument("--policy", help="policy name (default: from the action space)")
+    train.add_argument(
+        "--regularizer", action="append", default=[], metavar="NAME=WEIGHT", help="add β·R to the outer loss"
+    )
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    train.add_argument("--iterations", type=int, help="number of meta-iterations")
+    train.add_argument("--seed", type=int, help="seed of tasks, environments and initial weights")
+    train.add_argument("--device", help="cpu, cuda or cuda:N")
+    train.add_argument("--logdir", type=Path, default=Path("runs"), help="parent of the run directory")
+    train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its newest checkpoint")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    listing = sub.add_parser("list", help="installed task families, policies and regularizers")
+    listing.add_argument("group", nargs="?", choices=LIST_GROUPS, help="one group only")
+    listing.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def _user_layers(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
+    from metarl.config import load_yaml, parse_set, parse_weights
+
+    layers, origins = [], []
+    if args.config is not None:
+        layers.append(load_yaml(args.config))
+        origins.append(f"config file {str(args.config)!r}")
+    flags = {k: v for k, v in vars(args).items() if k in ("env", "policy", "iterations", "seed", "device")}
+    flags = {k: v for k, v in flags.items() if v is not None}
+    if args.regularizer:
+        flags["regularizers"] = parse_weights(args.regularizer)
+    layers.append(flags)
+    origins.append("command-line flags")
+    layers.append(parse_set(args.set))
+    origins.append("--set")
+    return layers, origins
+
+
+def _resolve_config(args: argparse.Namespace) -> Config:
+    from metarl import registry
+    from metarl.config import build_config
+
+    layers, origins = _user_layers(args)
+    env = next((layer["env"] for layer in reversed(layers) if "env" in layer), None)
+    if env is None:
+        raise MetarlError("no task family given: pass --env NAME (see `metarl list envs`)")
+    if not isinstance(env, str):
+        raise MetarlError(f"bad value {env!r} for config key 'env': expected a task-family name")
+    reference = registry.envs.load(env).reference_config()
+    return build_config(reference, *layers, origins=[f"reference config of {env!r}", *origins])
+
+
+def _progress(total: int, start: int, enabled: bool):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=start, disable=not enabled, unit="it", dynamic_ncols=True)
+
+    def update(iteration: int, metrics: dict[str, float]) -> None:
+        accepted = "ok" if metrics["train/line_search_accepted"] else "rejected"
+        bar.set_postfix(
+            before=f"{metrics['return/before_adaptation']:.2f}",
+            after=f"{metrics['return/after_adaptation']:.2f}",
+            steps_s=f"{metrics['perf/env_steps_per_s']:.0f}",
+            step=accepted,
+            refresh=False,
+        )
+        bar.update(1)
+
+    return bar, update
+
+
+def _train(args: argparse.Namespace) -> int:
+    from metarl.checkpoint import list_checkpoints
+    from metarl.trainer import Trainer, load_run_config, resume_trainer
+
+    if args.resume is not None:
+        checkpoints = list_checkpoints(args.resume)
+        load_run_config(args.resume)
+        if not checkpoints:
+            raise MetarlError(f"run {str(args.resume)!r} has no checkpoint to resume from")
+        trainer = resume_trainer(args.resume, checkpoints[-1])
+        iterations = args.iterations or trainer.config.iterations
+    else:
+        config = _resolve_config(args)
+        trainer = Trainer(config)
+        iterations = config.iterations
+        trainer.start_run(args.logdir)
+    print(f"run directory: {trainer.run_dir}", file=sys.stderr)
+    bar, update = _progress(iterations, trainer.iteration, not args.no_progress)
+    try:
+        history = trainer.train(iterations, on_iteration=update)
+    except KeyboardInterrupt:
+        bar.close()
+        path = trainer.save()
+        print(f"interrupted at iteration {trainer.iteration}; checkpoint {path}", file=sys.stderr)
+        print(f"resume with: metarl train --resume {trainer.run_dir}", file=sys.stderr)
+        return 130
+    bar.close()
+    if history:
+        last = history[-1]
+        print(
+            f"iteration {trainer.iteration}: return before adaptation {last['return/before_adaptation']:.2f}, "
+            f"after adaptation {last['return/after_adaptation']:.2f}; logs in {trainer.run_dir}"
+        )
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from metarl import registry
+
+    groups = [args.group] if args.group else list(LIST_GROUPS)
+    for group in groups:
+        print(f"{group}:")
+        rows = registry.REGISTRIES[group].status()
+        width = max((len(r.name) for r in rows), default=0)
+        for row in rows:
+            state = "ok" if row.error is None else f"broken: {row.error}"
+            print(f"  {row.name:<{width}}  {row.package} {row.version}  {state}")
+        if not rows:
+            print("  (none)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `metarl` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        return {"train": _train, "list": _list}[args.command](args)
+    except MetarlError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"metarl: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,201 @@
+"""A training run: build family, policy, regularizers and learner from a Config; iterate, log, checkpoint."""
+
+from __future__ import annotations
+
+import inspect
+import random
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from metarl import __version__, registry
+from metarl.algos.maml_trpo import MAMLTRPO
+from metarl.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from metarl.config import Config
+from metarl.errors import ConfigError, MetarlError, PluginError
+from metarl.logging import RunLogger
+from metarl.policies.mlp import default_policy_name
+from metarl.regularizers.base import Regularizer
+from metarl.sampling.vector_env import check_spaces
+from metarl.tasks import TaskDistribution
+
+CONFIG_FILE = "config.yaml"
+SUMMARY_TAGS = ["return/before_adaptation", "return/after_adaptation"]
+
+
+def _construct(cls: type, what: str, *args: Any, **kwargs: Any) -> Any:
+    """Instantiate a plugin class; a bad keyword is the user's ConfigError, anything else the plugin's."""
+    try:
+        inspect.signature(cls).bind(*args, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+    try:
+        return cls(*args, **kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+    except Exception as exc:
+        raise PluginError(f"{what} failed to construct: {type(exc).__name__}: {exc}") from exc
+
+
+def make_family(config: Config) -> TaskDistribution:
+    return _construct(registry.envs.load(config.env), f"env {config.env!r} (env_kwargs)", **config.env_kwargs)
+
+
+def probe_spaces(family: TaskDistribution, name: str) -> tuple[gym.Space, gym.Space]:
+    """Observation and action spaces of the family, from one env built with a throwaway generator."""
+    try:
+        task = family.sample_tasks(1, np.random.default_rng(0))[0]
+        env = family.make_env(task)
+    except Exception as exc:
+        raise PluginError(f"env {name!r} failed to build an environment: {type(exc).__name__}: {exc}") from exc
+    spaces = env.observation_space, env.action_space
+    env.close()
+    check_spaces(*spaces, where=f"env {name!r}")
+    return spaces
+
+
+def make_policy(config: Config, observation_space: gym.Space, action_space: gym.Space) -> nn.Module:
+    """The configured policy; `hidden_sizes` and `activation` are passed when it accepts them."""
+    name = config.policy or default_policy_name(action_space)
+    cls = registry.policies.load(name)
+    accepted = inspect.signature(cls).parameters
+    kwargs = {k: getattr(config, k) for k in ("hidden_sizes", "activation") if k in accepted}
+    policy = _construct(cls, f"policy {name!r}", observation_space, action_space, **kwargs)
+    if not isinstance(policy, nn.Module):
+        raise PluginError(f"policy {name!r} is not a torch.nn.Module")
+    return policy
+
+
+def make_regularizers(config: Config) -> dict[str, tuple[Regularizer, float]]:
+    return {
+        name: (_construct(registry.regularizers.load(name), f"regularizer {name!r}"), float(weight))
+        for name, weight in config.regularizers.items()
+    }
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    """Seed torch and Python; return the numpy Generator that samples tasks and env seeds."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but torch.cuda.is_available() is False; use --device cpu")
+    return torch.device(name)
+
+
+def new_run_dir(logdir: Path, config: Config) -> Path:
+    """A fresh directory under `logdir` named after env, time and seed."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = logdir / f"{config.env}-{stamp}-seed{config.seed}"
+    try:
+        logdir.mkdir(parents=True, exist_ok=True)
+        for suffix in range(1000):
+            candidate = base if suffix == 0 else base.with_name(f"{base.name}-{suffix}")
+            try:
+                candidate.mkdir()
+                return candidate
+            except FileExistsError:
+                continue
+    except OSError as exc:
+        raise MetarlError(f"cannot create a run directory under {str(logdir)!r}: {exc.strerror or exc}") from None
+    raise MetarlError(f"too many runs named {base.name!r} in {str(logdir)!r}")
+
+
+class Trainer:
+    """Owns everything of one run; `train` runs meta-iterations with logging and checkpoints."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.family = make_family(config)
+        observation_space, action_space = probe_spaces(self.family, config.env)
+        self.rng = seed_everything(config.seed)
+        self.policy = make_policy(config, observation_space, action_space).to(self.device)
+        self.learner = MAMLTRPO(self.policy, self.family, config, make_regularizers(config), self.device)
+        self.iteration = 0
+        self.run_dir: Path | None = None
+
+    def start_run(self, logdir: Path) -> Path:
+        """Create the run directory and write the resolved config into it."""
+        self.run_dir = new_run_dir(logdir, self.config)
+        atomic_write(self.run_dir / CONFIG_FILE, yaml.safe_dump(self.config.to_dict(), sort_keys=False).encode())
+        return self.run_dir
+
+    def state(self) -> dict[str, Any]:
+        """Everything needed to continue this run exactly."""
+        return {
+            "metarl_version": __version__,
+            "env": self.config.env,
+            "config": self.config.to_dict(),
+            "policy": self.policy.state_dict(),
+            "numpy_rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        if state.get("env") != self.config.env:
+            raise MetarlError(f"checkpoint is for env {state.get('env')!r}, not {self.config.env!r}")
+        try:
+            self.policy.load_state_dict(state["policy"])
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise MetarlError(f"checkpoint policy does not fit this policy: {first}") from None
+        self.rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        self.iteration = int(state["iteration"])
+
+    def save(self) -> Path:
+        assert self.run_dir is not None
+        return save_checkpoint(self.run_dir, self.iteration, self.state())
+
+    def train(
+        self, iterations: int, on_iteration: Callable[[int, dict[str, float]], None] | None = None
+    ) -> list[dict[str, float]]:
+        """Run meta-iterations until `iterations` are done; log and checkpoint when a run dir is set."""
+        logger = RunLogger(self.run_dir, self.config.to_dict(), SUMMARY_TAGS) if self.run_dir else None
+        history, start = [], time.perf_counter()
+        try:
+            while self.iteration < iterations:
+                metrics = self.learner.step(self.rng)
+                self.iteration += 1
+                metrics["perf/wall_time_s"] = time.perf_counter() - start
+                history.append(metrics)
+                if logger is not None:
+                    logger.log(self.iteration, metrics)
+                    every = self.config.checkpoint_every
+                    if (every and self.iteration % every == 0) or self.iteration == iterations:
+                        self.save()
+                if on_iteration is not None:
+                    on_iteration(self.iteration, metrics)
+        finally:
+            if logger is not None:
+                logger.close()
+        return history
+
+
+def load_run_config(run_dir: Path) -> Config:
+    """The resolved config a run was started with."""
+    from metarl.config import build_config, load_yaml
+
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise MetarlError(f"{str(run_dir)!r} is not a metarl run directory (no {CONFIG_FILE})")
+    return build_config(load_yaml(path), origins=[str(path)])
+
+
+def resume_trainer(run_dir: Path, checkpoint: Path) -> Trainer:
+    trainer = Trainer(load_run_config(run_dir))
+    trainer.run_dir = run_dir
+    trainer.load_state(load_checkpoint(checkpoint))
+    return trainer
