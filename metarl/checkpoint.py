@@ -9,11 +9,13 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from metarl import __version__
 from metarl.errors import MetarlError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -66,6 +68,24 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise MetarlError(f"checkpoint {str(path)!r} does not exist") from None
     except Exception as exc:  # torch raises many types for truncated or foreign files
         raise MetarlError(f"checkpoint {str(path)!r} cannot be read: {type(exc).__name__}: {exc}") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise MetarlError(f"{str(path)!r} is not a metarl checkpoint of format {CHECKPOINT_FORMAT}")
+    if not isinstance(state, dict) or "format" not in state:
+        raise MetarlError(f"{str(path)!r} is not a metarl checkpoint")
+    if state["format"] != CHECKPOINT_FORMAT:
+        raise MetarlError(
+            f"checkpoint {str(path)!r} has format {state['format']} (metarl {state.get('metarl_version', '?')}); "
+            f"this metarl ({__version__}) reads format {CHECKPOINT_FORMAT}"
+        )
     return state
+
+
+def load_newest_checkpoint(run_dir: Path, warn: Callable[[str], None]) -> dict[str, Any]:
+    """The newest checkpoint of a run that loads; unreadable newer ones are reported through `warn`."""
+    checkpoints = list_checkpoints(run_dir)
+    if not checkpoints:
+        raise MetarlError(f"run {str(run_dir)!r} has no checkpoint to resume from")
+    for path in reversed(checkpoints):
+        try:
+            return load_checkpoint(path)
+        except MetarlError as exc:
+            warn(f"skipping unreadable checkpoint: {exc}")
+    raise MetarlError(f"no checkpoint of run {str(run_dir)!r} can be read")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +15,7 @@ from metarl.errors import MetarlError
 
 if TYPE_CHECKING:
     from metarl.config import Config
+    from metarl.trainer import Trainer
 
 LIST_GROUPS = ("envs", "policies", "regularizers")
 
@@ -35,11 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--logdir", type=Path, default=Path("runs"), help="parent of the run directory")
     train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its newest checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    train.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     listing = sub.add_parser("list", help="installed task families, policies and regularizers")
     listing.add_argument("group", nargs="?", choices=LIST_GROUPS, help="one group only")
-    listing.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    listing.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
@@ -94,16 +98,35 @@ def _progress(total: int, start: int, enabled: bool):
     return bar, update
 
 
+def _warn(message: str) -> None:
+    print(f"metarl: warning: {message}", file=sys.stderr)
+
+
+@contextmanager
+def _stop_on_signals(trainer: Trainer) -> Iterator[list[int]]:
+    """SIGINT/SIGTERM ask the trainer to stop after the iteration in progress; yields the signals seen."""
+    received: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        received.append(signum)
+        trainer.stop_requested = True
+        _warn(f"{signal.Signals(signum).name} received: stopping after the current iteration")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def _train(args: argparse.Namespace) -> int:
-    from metarl.checkpoint import list_checkpoints
-    from metarl.trainer import Trainer, load_run_config, resume_trainer
+    from metarl.trainer import Trainer, resume_trainer
 
     if args.resume is not None:
-        checkpoints = list_checkpoints(args.resume)
-        load_run_config(args.resume)
-        if not checkpoints:
-            raise MetarlError(f"run {str(args.resume)!r} has no checkpoint to resume from")
-        trainer = resume_trainer(args.resume, checkpoints[-1])
+        trainer = resume_trainer(args.resume, _warn)
+        if args.iterations is not None and args.iterations <= 0:
+            raise MetarlError(f"--iterations must be a positive integer, got {args.iterations}")
         iterations = args.iterations or trainer.config.iterations
     else:
         config = _resolve_config(args)
@@ -112,15 +135,16 @@ def _train(args: argparse.Namespace) -> int:
         trainer.start_run(args.logdir)
     print(f"run directory: {trainer.run_dir}", file=sys.stderr)
     bar, update = _progress(iterations, trainer.iteration, not args.no_progress)
-    try:
-        history = trainer.train(iterations, on_iteration=update)
-    except KeyboardInterrupt:
-        bar.close()
+    with _stop_on_signals(trainer) as received:
+        try:
+            history = trainer.train(iterations, on_iteration=update)
+        finally:
+            bar.close()
+    if received:
         path = trainer.save()
-        print(f"interrupted at iteration {trainer.iteration}; checkpoint {path}", file=sys.stderr)
+        print(f"stopped at iteration {trainer.iteration}; checkpoint {path}", file=sys.stderr)
         print(f"resume with: metarl train --resume {trainer.run_dir}", file=sys.stderr)
-        return 130
-    bar.close()
+        return 128 + received[0]
     if history:
         last = history[-1]
         print(
@@ -156,3 +180,10 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"metarl: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a bug, ours or a plugin's: one line unless --debug
+        if args.debug:
+            raise
+        print(
+            f"metarl: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr
+        )
+        return 1

@@ -83,6 +83,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "device": (lambda v: isinstance(v, str) and v.split(":")[0] in ("cpu", "cuda"), "cpu, cuda or cuda:N"),
     "regularizers": (_weights, "a mapping of regularizer name to weight, e.g. {l2-anchor: 0.1}"),
     "checkpoint_every": (_non_negative_int, "a non-negative integer (0 saves only at the end)"),
+    "max_nonfinite_updates": (_positive_int, "a positive integer"),
 }
 
 
@@ -114,6 +115,7 @@ class Config:
     device: str = "cpu"
     regularizers: dict[str, float] = field(default_factory=dict)
     checkpoint_every: int = 10
+    max_nonfinite_updates: int = 5
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

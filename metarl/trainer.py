@@ -18,7 +18,7 @@ from torch import nn
 
 from metarl import __version__, registry
 from metarl.algos.maml_trpo import MAMLTRPO
-from metarl.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from metarl.checkpoint import atomic_write, load_newest_checkpoint, save_checkpoint
 from metarl.config import Config
 from metarl.errors import ConfigError, MetarlError, PluginError
 from metarl.logging import RunLogger
@@ -125,6 +125,8 @@ class Trainer:
         self.learner = MAMLTRPO(self.policy, self.family, config, make_regularizers(config), self.device)
         self.iteration = 0
         self.run_dir: Path | None = None
+        #: set (e.g. by a signal handler) to stop after the iteration in progress
+        self.stop_requested = False
 
     def start_run(self, logdir: Path) -> Path:
         """Create the run directory and write the resolved config into it."""
@@ -141,6 +143,7 @@ class Trainer:
             "policy": self.policy.state_dict(),
             "numpy_rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -153,6 +156,7 @@ class Trainer:
             raise MetarlError(f"checkpoint policy does not fit this policy: {first}") from None
         self.rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
         self.iteration = int(state["iteration"])
 
     def save(self) -> Path:
@@ -162,14 +166,19 @@ class Trainer:
     def train(
         self, iterations: int, on_iteration: Callable[[int, dict[str, float]], None] | None = None
     ) -> list[dict[str, float]]:
-        """Run meta-iterations until `iterations` are done; log and checkpoint when a run dir is set."""
+        """Run meta-iterations until `iterations` are done or a stop is requested.
+
+        Logs and checkpoints when a run directory is set. Updates refused for non-finite values are
+        counted; `max_nonfinite_updates` in a row stop the run with a MetarlError.
+        """
         logger = RunLogger(self.run_dir, self.config.to_dict(), SUMMARY_TAGS) if self.run_dir else None
-        history, start = [], time.perf_counter()
+        history, start, refused_in_a_row = [], time.perf_counter(), 0
         try:
-            while self.iteration < iterations:
+            while self.iteration < iterations and not self.stop_requested:
                 metrics = self.learner.step(self.rng)
                 self.iteration += 1
                 metrics["perf/wall_time_s"] = time.perf_counter() - start
+                refused_in_a_row = refused_in_a_row + 1 if metrics["train/non_finite"] else 0
                 history.append(metrics)
                 if logger is not None:
                     logger.log(self.iteration, metrics)
@@ -178,6 +187,11 @@ class Trainer:
                         self.save()
                 if on_iteration is not None:
                     on_iteration(self.iteration, metrics)
+                if refused_in_a_row >= self.config.max_nonfinite_updates:
+                    raise MetarlError(
+                        f"stopped at iteration {self.iteration}: {refused_in_a_row} updates in a row were refused "
+                        "because returns, advantages, gradients or the step were NaN or infinite"
+                    )
         finally:
             if logger is not None:
                 logger.close()
@@ -194,8 +208,11 @@ def load_run_config(run_dir: Path) -> Config:
     return build_config(load_yaml(path), origins=[str(path)])
 
 
-def resume_trainer(run_dir: Path, checkpoint: Path) -> Trainer:
-    trainer = Trainer(load_run_config(run_dir))
+def resume_trainer(run_dir: Path, warn: Callable[[str], None]) -> Trainer:
+    """A trainer continuing `run_dir` from its newest readable checkpoint."""
+    config = load_run_config(run_dir)
+    state = load_newest_checkpoint(run_dir, warn)
+    trainer = Trainer(config)
     trainer.run_dir = run_dir
-    trainer.load_state(load_checkpoint(checkpoint))
+    trainer.load_state(state)
     return trainer

@@ -1,13 +1,12 @@
 """The inner step: batched (vmap) equals a per-task loop, and its gradients match finite differences."""
 
 import torch
+from conftest import small_batch
 from torch.func import functional_call
 
 from metarl.algos.adaptation import adapt
 from metarl.policies.batched import log_probs, unstack
 from metarl.sampling.episodes import masked_mean
-
-from conftest import small_batch
 
 LR = 0.3
 

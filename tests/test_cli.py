@@ -29,8 +29,20 @@ def metarl(*args: str, cwd: Path | None = None, env: dict | None = None) -> subp
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     logdir = tmp_path_factory.mktemp("runs")
-    result = metarl("train", "--env", "navigation-2d", "--iterations", "3", "--seed", "7", "--logdir", str(logdir),
-                    "--regularizer", "l2-anchor=0.01", *SMALL)
+    result = metarl(
+        "train",
+        "--env",
+        "navigation-2d",
+        "--iterations",
+        "3",
+        "--seed",
+        "7",
+        "--logdir",
+        str(logdir),
+        "--regularizer",
+        "l2-anchor=0.01",
+        *SMALL,
+    )
     assert result.returncode == 0, result.stderr
     (run,) = logdir.iterdir()
     return run
@@ -53,8 +65,14 @@ def test_event_files_hold_returns_before_and_after(run_dir):
     after = [t for t in tags if "return" in t and "after" in t]
     assert before and after
     assert [e.step for e in events.Scalars(after[0])] == [1, 2, 3]
-    for tag in ("train/kl", "train/surrogate_before", "train/line_search_accepted", "perf/env_steps_per_s",
-                "perf/wall_time_s", "regularizer/l2-anchor"):
+    for tag in (
+        "train/kl",
+        "train/surrogate_before",
+        "train/line_search_accepted",
+        "perf/env_steps_per_s",
+        "perf/wall_time_s",
+        "regularizer/l2-anchor",
+    ):
         assert tag in tags, tag
     assert all(e.value > 0 for e in events.Scalars("regularizer/l2-anchor"))
     assert events.summary_metadata["_hparams_/experiment"].plugin_data.plugin_name == "hparams"
@@ -69,8 +87,20 @@ def test_checkpoint_loads_with_weights_only(run_dir):
 
 
 def test_same_seed_same_numbers(run_dir, tmp_path):
-    result = metarl("train", "--env", "navigation-2d", "--iterations", "3", "--seed", "7", "--logdir", str(tmp_path),
-                    "--regularizer", "l2-anchor=0.01", *SMALL)
+    result = metarl(
+        "train",
+        "--env",
+        "navigation-2d",
+        "--iterations",
+        "3",
+        "--seed",
+        "7",
+        "--logdir",
+        str(tmp_path),
+        "--regularizer",
+        "l2-anchor=0.01",
+        *SMALL,
+    )
     assert result.returncode == 0, result.stderr
     (other,) = tmp_path.iterdir()
     first = (run_dir / "progress.csv").read_text().splitlines()

@@ -2,14 +2,13 @@
 
 import numpy as np
 import torch
+from conftest import episodes_like, small_batch
 
 from metarl.algos.maml_trpo import MAMLTRPO, MetaBatch
 from metarl.algos.trpo import conjugate_gradient, fisher_vector_product, flatten
 from metarl.config import Config
-from metarl.policies.batched import detach, kl_divergence, log_probs
+from metarl.policies.batched import detach, policy_kl, log_probs
 from metarl.sampling.episodes import masked_mean
-
-from conftest import episodes_like, small_batch
 
 
 def test_conjugate_gradient_solves_spd_system():
@@ -51,7 +50,7 @@ def test_trpo_step_stays_within_max_kl_and_improves():
     assert not torch.equal(before, flatten(list(params.values())))
     # independent check: re-adapt at the new θ and measure KL to the old adapted policies
     new_adapted = learner._adapt(dict(policy.named_parameters()), train, first_order=True)
-    kl = masked_mean(kl_divergence(policy, batch.old_adapted, new_adapted, train.observations), train.mask).mean()
+    kl = masked_mean(policy_kl(policy, batch.old_adapted, new_adapted, train.observations), train.mask).mean()
     assert kl.item() < learner.config.max_kl
     assert np.isclose(kl.item(), metrics["train/kl"], rtol=1e-6)
     assert learner.objective(dict(policy.named_parameters()), new_adapted, batch).loss.item() < loss_before

@@ -24,7 +24,7 @@ from metarl.algos.adaptation import adapt
 from metarl.algos.advantages import compute_advantages
 from metarl.algos.trpo import fisher_vector_product, flatten, natural_step, unflatten
 from metarl.config import Config
-from metarl.policies.batched import Params, detach, kl_divergence, log_probs, stack, unstack
+from metarl.policies.batched import Params, detach, policy_kl, log_probs, stack, unstack
 from metarl.regularizers.base import Regularizer, RegularizerContext
 from metarl.sampling.episodes import Episodes, masked_mean
 from metarl.sampling.sampler import sample_episodes
@@ -84,7 +84,7 @@ class MAMLTRPO:
         valid = batch.valid
         ratio = torch.exp(log_probs(self.policy, adapted, valid.observations, valid.actions) - batch.old_log_probs)
         surrogate = -masked_mean(ratio * valid.advantages, valid.mask).mean()
-        kl = masked_mean(kl_divergence(self.policy, batch.old_adapted, adapted, valid.observations), valid.mask).mean()
+        kl = masked_mean(policy_kl(self.policy, batch.old_adapted, adapted, valid.observations), valid.mask).mean()
         penalties: dict[str, torch.Tensor] = {}
         loss = surrogate
         if self.regularizers:
@@ -114,7 +114,11 @@ class MAMLTRPO:
         old = detach(adapted)
         batch = MetaBatch(train, valid, old, log_probs(self.policy, old, valid.observations, valid.actions))
 
-        metrics = self._trpo_update(params, adapted, batch)
+        if all(torch.isfinite(t).all() for t in (train.rewards, train.advantages, valid.rewards, valid.advantages)):
+            metrics = self._trpo_update(params, adapted, batch)
+        else:
+            nan = float("nan")
+            metrics = _unchanged({"train/surrogate_before": nan, "train/loss_before": nan, "train/non_finite": 1.0}, 0)
         end = time.perf_counter()
         env_steps = train.num_steps + valid.num_steps
         sampling_s = (sampled - start) + (sampled_valid - adapted_at)
@@ -172,15 +176,19 @@ class MAMLTRPO:
                     "train/expected_improvement": size * (grad @ step).item(),
                 }
             size *= c.ls_backtrack_ratio
-        # No step accepted: θ stays as it was, and the metrics say so.
-        return {
-            **metrics,
-            "train/line_search_accepted": 0.0,
-            "train/line_search_steps": float(attempts),
-            "train/step_size": 0.0,
-            "train/kl": 0.0,
-            "train/surrogate_after": metrics["train/surrogate_before"],
-            "train/loss_after": metrics["train/loss_before"],
-            "train/improvement": 0.0,
-            "train/expected_improvement": 0.0,
-        }
+        return _unchanged(metrics, attempts)
+
+
+def _unchanged(metrics: dict[str, float], attempts: int) -> dict[str, float]:
+    """Metrics of an iteration that leaves θ as it was (no step accepted, or a non-finite one refused)."""
+    return {
+        **metrics,
+        "train/line_search_accepted": 0.0,
+        "train/line_search_steps": float(attempts),
+        "train/step_size": 0.0,
+        "train/kl": 0.0,
+        "train/surrogate_after": metrics["train/surrogate_before"],
+        "train/loss_after": metrics["train/loss_before"],
+        "train/improvement": 0.0,
+        "train/expected_improvement": 0.0,
+    }

@@ -11,8 +11,7 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
-from torch.distributions import Distribution
-from torch.distributions import kl_divergence as _kl
+from torch.distributions import Categorical, Distribution, kl_divergence
 from torch.func import functional_call, vmap
 
 Params = dict[str, torch.Tensor]
@@ -69,8 +68,13 @@ def log_probs(policy: nn.Module, params: Params, obs: torch.Tensor, actions: tor
     return _vmapped(lambda p, o, a: distribution(policy, p, o).log_prob(a))(params, obs, actions)
 
 
-def kl_divergence(policy: nn.Module, params_p: Params, params_q: Params, obs: torch.Tensor) -> torch.Tensor:
+def _kl(p: Distribution, q: Distribution) -> torch.Tensor:
+    if isinstance(p, Categorical) and isinstance(q, Categorical):
+        # torch's rule writes through boolean masks, which vmap cannot batch
+        return torch.where(p.probs > 0, p.probs * (p.logits - q.logits), 0.0).sum(-1)
+    return kl_divergence(p, q)
+
+
+def policy_kl(policy: nn.Module, params_p: Params, params_q: Params, obs: torch.Tensor) -> torch.Tensor:
     """KL(π_p(·|s) ‖ π_q(·|s)) per observation, per task."""
-    return _vmapped(lambda p, q, o: _kl(distribution(policy, p, o), distribution(policy, q, o)))(
-        params_p, params_q, obs
-    )
+    return _vmapped(lambda p, q, o: _kl(distribution(policy, p, o), distribution(policy, q, o)))(params_p, params_q, obs)
