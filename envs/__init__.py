@@ -10,6 +10,14 @@ _GYM_IDS = {
     "metarl/Navigation2D-v0": ("metarl_envs.navigation:Navigation2DEnv", 100, {}),
     "metarl/Bandit-v0": ("metarl_envs.bandit:BernoulliBanditEnv", 1, {}),
     "metarl/TabularMDP-v0": ("metarl_envs.tabular_mdp:TabularMDPEnv", 10, {}),
+    "metarl/HalfCheetahVel-v0": ("metarl_envs.mujoco.locomotion:HalfCheetahVelEnv", 200, {}),
+    "metarl/HalfCheetahDir-v0": ("metarl_envs.mujoco.locomotion:HalfCheetahDirEnv", 200, {}),
+    "metarl/AntVel-v0": ("metarl_envs.mujoco.locomotion:AntVelEnv", 200, {}),
+    "metarl/AntDir-v0": ("metarl_envs.mujoco.locomotion:AntDirEnv", 200, {}),
+    "metarl/AntGoal-v0": ("metarl_envs.mujoco.locomotion:AntGoalEnv", 200, {}),
+    "metarl/HumanoidDir-v0": ("metarl_envs.mujoco.locomotion:HumanoidDirEnv", 200, {}),
+    "metarl/HopperParams-v0": ("metarl_envs.mujoco.random_params:HopperParamsEnv", 200, {}),
+    "metarl/Walker2dParams-v0": ("metarl_envs.mujoco.random_params:Walker2dParamsEnv", 200, {}),
 }
 
 for _env_id, (_entry_point, _steps, _kwargs) in _GYM_IDS.items():

@@ -46,18 +46,40 @@ def checkpoint_path(run_dir: Path, iteration: int) -> Path:
     return run_dir / CHECKPOINT_DIR / f"iter-{iteration:06d}.pt"
 
 
-def save_checkpoint(run_dir: Path, iteration: int, state: dict[str, Any]) -> Path:
-    """Write `state` as the checkpoint of `iteration` (atomically) and return its path."""
+def best_checkpoint_path(run_dir: Path) -> Path:
+    """The checkpoint with the highest validation return after adaptation so far."""
+    return run_dir / CHECKPOINT_DIR / "best.pt"
+
+
+def save_checkpoint(path: Path, iteration: int, state: dict[str, Any]) -> Path:
+    """Write `state` as the checkpoint of `iteration` to `path` (atomically) and return the path."""
     buffer = io.BytesIO()
     torch.save({"format": CHECKPOINT_FORMAT, "iteration": iteration, **state}, buffer)
-    path = checkpoint_path(run_dir, iteration)
     atomic_write(path, buffer.getvalue())
     return path
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    """The run's checkpoints, oldest first."""
+    """The run's checkpoints by iteration, oldest first (not `best.pt`)."""
     return sorted((run_dir / CHECKPOINT_DIR).glob("iter-*.pt"))
+
+
+def select_checkpoint(run_dir: Path, which: str) -> Path:
+    """`best`, `last` or an iteration number to a checkpoint path of the run."""
+    if which == "best":
+        path = best_checkpoint_path(run_dir)
+    elif which == "last":
+        checkpoints = list_checkpoints(run_dir)
+        if not checkpoints:
+            raise MetarlError(f"run {str(run_dir)!r} has no checkpoint")
+        path = checkpoints[-1]
+    elif which.isdigit():
+        path = checkpoint_path(run_dir, int(which))
+    else:
+        raise MetarlError(f"--checkpoint must be best, last or an iteration number, got {which!r}")
+    if not path.is_file():
+        raise MetarlError(f"run {str(run_dir)!r} has no checkpoint {which!r} ({path.name})")
+    return path
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

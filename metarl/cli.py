@@ -41,10 +41,49 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
+    evaluate = sub.add_parser("evaluate", help="returns after 0..K inner steps on held-out tasks")
+    evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    _add_adaptation_args(evaluate)
+    evaluate.add_argument("--tasks", type=_positive, default=40, help="held-out tasks (default 40)")
+    evaluate.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    adapt = sub.add_parser("adapt", help="adapt to one task and save a stable-baselines3 PPO model")
+    adapt.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    adapt.add_argument("--task", required=True, help="the task as JSON, e.g. '{\"goal\": [0.3, -0.2]}'")
+    adapt.add_argument("--out", type=Path, required=True, help="output .zip")
+    _add_adaptation_args(adapt)
+    adapt.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    plot = sub.add_parser("plot", help="training curves of one or more runs as PNG")
+    plot.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    plot.add_argument("--out", type=Path, help="PNG path (default RUN_DIR/training_curves.png)")
+    plot.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
     listing = sub.add_parser("list", help="installed task families, policies and regularizers")
     listing.add_argument("group", nargs="?", choices=LIST_GROUPS, help="one group only")
     listing.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    return 0 if text.strip() == "0" else _positive(text)
+
+
+def _add_adaptation_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", default="last", help="best, last or an iteration number (default last)")
+    parser.add_argument("--steps", type=_non_negative, default=3, help="inner gradient steps (default 3)")
+    parser.add_argument("--episodes", type=_positive, help="episodes per task and step (default: the run's)")
+    parser.add_argument("--seed", type=int, help="seed of the held-out tasks (default: the run's)")
 
 
 def _user_layers(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
@@ -154,6 +193,90 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trainer_at_checkpoint(args: argparse.Namespace) -> Trainer:
+    from metarl.checkpoint import load_checkpoint, select_checkpoint
+    from metarl.trainer import load_run_config, trainer_from_run
+
+    load_run_config(args.run_dir)
+    return trainer_from_run(args.run_dir, load_checkpoint(select_checkpoint(args.run_dir, args.checkpoint)))
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from torch.utils.tensorboard import SummaryWriter
+
+    from metarl.evaluation import TEST_STREAM, evaluate_adaptation, format_table, held_out_rng, write_evaluation
+
+    trainer = _trainer_at_checkpoint(args)
+    config = trainer.config
+    seed = config.seed if args.seed is None else args.seed
+    tasks = trainer.family.sample_tasks(args.tasks, held_out_rng(seed, TEST_STREAM))
+    episodes = args.episodes or config.fast_batch_size
+    result = evaluate_adaptation(
+        trainer.policy, trainer.family, config, tasks, args.steps, episodes, seed, trainer.device
+    )
+    meta = {
+        "env": config.env,
+        "checkpoint": args.checkpoint,
+        "iteration": trainer.iteration,
+        "seed": seed,
+        "episodes": episodes,
+        "inner_lr": config.inner_lr,
+    }
+    paths = write_evaluation(args.run_dir, result, meta)
+    with SummaryWriter(log_dir=str(args.run_dir)) as writer:
+        for row in result.summary():
+            writer.add_scalar("evaluation/return_by_inner_steps", row["mean"], row["step"])
+    print(
+        f"{config.env}, checkpoint {args.checkpoint} (iteration {trainer.iteration}), {len(tasks)} held-out tasks, "
+        f"{episodes} episodes per task and step"
+    )
+    print(format_table(result.summary()))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _adapt(args: argparse.Namespace) -> int:
+    import json
+
+    from metarl.evaluation import evaluate_adaptation
+    from metarl.export import export_sb3
+    from metarl.policies.batched import unstack
+
+    try:
+        task = json.loads(args.task)
+    except json.JSONDecodeError as exc:
+        raise MetarlError(f"--task is not valid JSON: {exc}") from None
+    if not isinstance(task, dict):
+        raise MetarlError(f"--task must be a JSON object, got {type(task).__name__}")
+    trainer = _trainer_at_checkpoint(args)
+    config = trainer.config
+    seed = config.seed if args.seed is None else args.seed
+    try:
+        env = trainer.family.make_env(task)
+    except Exception as exc:
+        raise MetarlError(f"env {config.env!r} cannot build task {args.task}: {type(exc).__name__}: {exc}") from None
+    episodes = args.episodes or config.fast_batch_size
+    result = evaluate_adaptation(
+        trainer.policy, trainer.family, config, [task], args.steps, episodes, seed, trainer.device
+    )
+    path = export_sb3(trainer.policy, unstack(result.adapted_params)[0], env, args.out)
+    returns = ", ".join(f"{r:.2f}" for r in result.returns[0])
+    print(f"return after 0..{args.steps} steps: {returns}; saved {path}")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from metarl.plotting import plot_training_curves
+
+    for run_dir in args.run_dirs:
+        if not (run_dir / "progress.csv").is_file():
+            raise MetarlError(f"{str(run_dir)!r} is not a metarl run directory with progress (no progress.csv)")
+    out = args.out or args.run_dirs[0] / "training_curves.png"
+    plot_training_curves(args.run_dirs, out)
+    print(f"wrote {out}")
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     from metarl import registry
 
@@ -174,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `metarl` console script."""
     args = _parser().parse_args(argv)
     try:
-        return {"train": _train, "list": _list}[args.command](args)
+        commands = {"train": _train, "evaluate": _evaluate, "adapt": _adapt, "plot": _plot, "list": _list}
+        return commands[args.command](args)
     except MetarlError as exc:
         if args.debug:
             traceback.print_exc()

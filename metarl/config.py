@@ -84,6 +84,8 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "regularizers": (_weights, "a mapping of regularizer name to weight, e.g. {l2-anchor: 0.1}"),
     "checkpoint_every": (_non_negative_int, "a non-negative integer (0 saves only at the end)"),
     "max_nonfinite_updates": (_positive_int, "a positive integer"),
+    "eval_every": (_non_negative_int, "a non-negative integer (0 turns validation off)"),
+    "eval_tasks": (_positive_int, "a positive integer"),
 }
 
 
@@ -116,6 +118,8 @@ class Config:
     regularizers: dict[str, float] = field(default_factory=dict)
     checkpoint_every: int = 10
     max_nonfinite_updates: int = 5
+    eval_every: int = 10
+    eval_tasks: int = 20
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -38,9 +38,10 @@ class RunLogger:
                 self._columns = next(csv.reader(f), None)
 
     def log(self, iteration: int, metrics: dict[str, float]) -> None:
-        """Record `metrics` at step `iteration` (TensorBoard) and as one CSV row."""
+        """Record `metrics` at step `iteration` as one CSV row, and in TensorBoard unless NaN (not measured)."""
         for tag, value in metrics.items():
-            self.writer.add_scalar(tag, value, iteration)
+            if not math.isnan(value):
+                self.writer.add_scalar(tag, value, iteration)
         self.writer.flush()
         row = {"iteration": iteration, **metrics}
         new_file = self._columns is None

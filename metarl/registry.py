@@ -64,15 +64,19 @@ class Registry:
                 if builtins_only and package != BUILTIN_DISTRIBUTION:
                     continue
                 version = dist.version if dist is not None else "?"
-                claims = sources.setdefault(ep.name, [])
-                # The same distribution can be seen twice on sys.path (e.g. editable + build dir).
-                if all(c.package != package for c in claims):
-                    claims.append(PluginSource(ep.name, ep.value, package, version, entry_point=ep))
+                claim = PluginSource(ep.name, ep.value, package, version, entry_point=ep)
+                sources.setdefault(ep.name, []).append(claim)
             self._sources = sources
         return self._sources
 
-    def register(self, name: str, obj: Any, package: str = "<runtime>") -> None:
-        """Add `obj` under `name` without an installed package (scripts and notebooks)."""
+    def register(self, name: str, obj: Any, package: str = "<runtime>", override: bool = False) -> None:
+        """Add `obj` under `name` without an installed package (scripts and notebooks).
+
+        Replacing a name that an installed package provides needs `override=True`.
+        """
+        if name in self._discover() and not override:
+            owners = " and ".join(c.package for c in self._discover()[name])
+            raise PluginError(f"{self.kind} name {name!r} is already provided by {owners}; pass override=True")
         self._check(obj)
         target = f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', repr(obj))}"
         self._discover()[name] = [PluginSource(name, target, package, "-", obj=obj)]
@@ -94,7 +98,7 @@ class Registry:
         claims = sources[name]
         if len(claims) > 1:
             packages = " and ".join(f"{c.package} ({c.target})" for c in claims)
-            raise PluginError(f"{self.kind} name {name!r} is claimed by more than one package: {packages}")
+            raise PluginError(f"{self.kind} name {name!r} is claimed more than once: {packages}")
         return claims[0]
 
     def load(self, name: str) -> Any:
@@ -105,7 +109,7 @@ class Registry:
         where = f"{self.kind} {name!r} (entry point {source.target!r} of package {source.package})"
         try:
             obj = source.entry_point.load() if source.entry_point is not None else source.obj
-        except Exception as exc:  # any import-time failure of a plugin is the plugin's fault
+        except (Exception, SystemExit) as exc:  # any import-time failure of a plugin is the plugin's fault
             raise PluginError(f"{where} failed to import: {type(exc).__name__}: {exc}") from exc
         try:
             self._check(obj)

@@ -23,7 +23,8 @@ class TaskDistribution:
 
     #: default episode length, used when the config does not set `horizon`
     max_episode_steps: int = 100
-    #: YAML file of reference hyperparameters, relative to the package of the subclass's module
+    #: YAML file of reference hyperparameters: a path relative to the package of the subclass's module,
+    #: or "package:path" for a file in another package
     config_file: str | None = None
 
     def sample_tasks(self, num_tasks: int, rng: np.random.Generator) -> list[dict[str, Any]]:
@@ -47,6 +48,7 @@ class TaskDistribution:
             return {}
         import yaml
 
-        package = cls.__module__.rpartition(".")[0] or cls.__module__
-        text = resources.files(package).joinpath(cls.config_file).read_text()
+        package, _, path = cls.config_file.rpartition(":")
+        package = package or cls.__module__.rpartition(".")[0] or cls.__module__
+        text = resources.files(package).joinpath(path).read_text()
         return yaml.safe_load(text) or {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import random
 import time
 from collections.abc import Callable
@@ -18,9 +19,16 @@ from torch import nn
 
 from metarl import __version__, registry
 from metarl.algos.maml_trpo import MAMLTRPO
-from metarl.checkpoint import atomic_write, load_newest_checkpoint, save_checkpoint
+from metarl.checkpoint import (
+    atomic_write,
+    best_checkpoint_path,
+    checkpoint_path,
+    load_newest_checkpoint,
+    save_checkpoint,
+)
 from metarl.config import Config
 from metarl.errors import ConfigError, MetarlError, PluginError
+from metarl.evaluation import VALIDATION_STREAM, evaluate_adaptation, held_out_rng
 from metarl.logging import RunLogger
 from metarl.policies.mlp import default_policy_name
 from metarl.regularizers.base import Regularizer
@@ -28,7 +36,8 @@ from metarl.sampling.vector_env import check_spaces
 from metarl.tasks import TaskDistribution
 
 CONFIG_FILE = "config.yaml"
-SUMMARY_TAGS = ["return/before_adaptation", "return/after_adaptation"]
+VALIDATION_TAG = "validation/return_after_adaptation"
+SUMMARY_TAGS = ["return/before_adaptation", "return/after_adaptation", VALIDATION_TAG]
 
 
 def _construct(cls: type, what: str, *args: Any, **kwargs: Any) -> Any:
@@ -125,6 +134,10 @@ class Trainer:
         self.learner = MAMLTRPO(self.policy, self.family, config, make_regularizers(config), self.device)
         self.iteration = 0
         self.run_dir: Path | None = None
+        self.validation_tasks = self.family.sample_tasks(
+            config.eval_tasks, held_out_rng(config.seed, VALIDATION_STREAM)
+        )
+        self.best_validation = -math.inf
         #: set (e.g. by a signal handler) to stop after the iteration in progress
         self.stop_requested = False
 
@@ -144,9 +157,13 @@ class Trainer:
             "numpy_rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
             "python_rng": random.getstate(),
+            "best_validation": self.best_validation,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
+        missing = sorted(set(self.state()) - set(state))
+        if missing:
+            raise MetarlError(f"checkpoint lacks {', '.join(missing)}: it was written by another metarl version")
         if state.get("env") != self.config.env:
             raise MetarlError(f"checkpoint is for env {state.get('env')!r}, not {self.config.env!r}")
         try:
@@ -157,11 +174,27 @@ class Trainer:
         self.rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["python_rng"])
+        self.best_validation = float(state["best_validation"])
         self.iteration = int(state["iteration"])
 
     def save(self) -> Path:
         assert self.run_dir is not None
-        return save_checkpoint(self.run_dir, self.iteration, self.state())
+        return save_checkpoint(checkpoint_path(self.run_dir, self.iteration), self.iteration, self.state())
+
+    def validate(self) -> float:
+        """Mean return after adaptation on the fixed validation tasks (training RNG streams untouched)."""
+        with torch.random.fork_rng(devices=[]):
+            result = evaluate_adaptation(
+                self.policy,
+                self.family,
+                self.config,
+                self.validation_tasks,
+                self.config.num_inner_steps,
+                self.config.fast_batch_size,
+                seed=self.config.seed + self.iteration,
+                device=self.device,
+            )
+        return float(result.returns[:, -1].mean())
 
     def train(
         self, iterations: int, on_iteration: Callable[[int, dict[str, float]], None] | None = None
@@ -179,12 +212,20 @@ class Trainer:
                 self.iteration += 1
                 metrics["perf/wall_time_s"] = time.perf_counter() - start
                 refused_in_a_row = refused_in_a_row + 1 if metrics["train/non_finite"] else 0
+                every = self.config.eval_every
+                validated = bool(every) and self.iteration % every == 0
+                metrics[VALIDATION_TAG] = self.validate() if validated else math.nan
+                improved = validated and metrics[VALIDATION_TAG] > self.best_validation
+                if improved:
+                    self.best_validation = metrics[VALIDATION_TAG]
                 history.append(metrics)
                 if logger is not None:
                     logger.log(self.iteration, metrics)
                     every = self.config.checkpoint_every
                     if (every and self.iteration % every == 0) or self.iteration == iterations:
                         self.save()
+                    if improved:
+                        save_checkpoint(best_checkpoint_path(self.run_dir), self.iteration, self.state())
                 if on_iteration is not None:
                     on_iteration(self.iteration, metrics)
                 if refused_in_a_row >= self.config.max_nonfinite_updates:
@@ -208,11 +249,15 @@ def load_run_config(run_dir: Path) -> Config:
     return build_config(load_yaml(path), origins=[str(path)])
 
 
-def resume_trainer(run_dir: Path, warn: Callable[[str], None]) -> Trainer:
-    """A trainer continuing `run_dir` from its newest readable checkpoint."""
-    config = load_run_config(run_dir)
-    state = load_newest_checkpoint(run_dir, warn)
-    trainer = Trainer(config)
+def trainer_from_run(run_dir: Path, state: dict[str, Any]) -> Trainer:
+    """The trainer of `run_dir` with a checkpoint's state loaded."""
+    trainer = Trainer(load_run_config(run_dir))
     trainer.run_dir = run_dir
     trainer.load_state(state)
     return trainer
+
+
+def resume_trainer(run_dir: Path, warn: Callable[[str], None]) -> Trainer:
+    """A trainer continuing `run_dir` from its newest readable checkpoint."""
+    load_run_config(run_dir)  # a folder that is not a run fails here, before looking for checkpoints
+    return trainer_from_run(run_dir, load_newest_checkpoint(run_dir, warn))

@@ -18,12 +18,12 @@ import time
 import gymnasium as gym
 import numpy as np
 import torch
-from metarl_envs.navigation import Navigation2D, Navigation2DEnv
 
 from metarl.config import build_config
 from metarl.policies.batched import detach, stack
 from metarl.sampling import GymVectorTaskEnv, make_vector_env, sample_episodes
 from metarl.trainer import Trainer
+from metarl_envs.navigation import Navigation2D, Navigation2DEnv
 
 
 def time_iterations(iterations: int) -> None:

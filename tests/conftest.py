@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from metarl_envs.navigation import Navigation2D
 
 from metarl.algos.advantages import compute_advantages
 from metarl.policies import GaussianMLP
 from metarl.policies.batched import detach, stack
 from metarl.sampling import Episodes, make_vector_env, sample_episodes
+from metarl_envs.navigation import Navigation2D
 
 
 def small_batch(num_tasks: int = 4, episodes: int = 5, horizon: int = 12, seed: int = 0):

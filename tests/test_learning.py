@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-from metarl_envs.navigation import Navigation2D
 
 from metarl.config import build_config
 from metarl.trainer import Trainer
+from metarl_envs.navigation import Navigation2D
 
 
 def _train(iterations: int, **overrides) -> list[dict[str, float]]:

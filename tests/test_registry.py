@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import warnings
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -98,7 +99,7 @@ def broken_plugin(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def on_sys_path(monkeypatch: pytest.MonkeyPatch):
+def on_sys_path(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Path], None]]:
     """Put a folder on sys.path for this test (which also invalidates import and metadata caches)."""
     yield lambda root: monkeypatch.syspath_prepend(str(root))
     for module in FAKE_MODULES:
@@ -122,7 +123,7 @@ def test_example_plugin_is_discovered_through_entry_points(example, group: str, 
     assert reg.load(name).__module__.startswith("metarl_example.")
 
 
-def test_listing_names_imports_no_plugin() -> None:
+def test_listing_names_imports_no_plugin(example) -> None:
     code = (
         "import sys; from metarl import registry;"
         "names = [n for r in registry.REGISTRIES.values() for n in r.names()];"

@@ -11,14 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_cli import SMALL, metarl
 
 from metarl import registry
 from metarl.config import build_config
 from metarl.errors import MetarlError
 from metarl.trainer import Trainer
 from metarl_envs.navigation import Navigation2D
-
-from test_cli import SMALL, metarl
 
 
 def _only_run(logdir: Path) -> Path:
@@ -135,7 +134,7 @@ class _NaNNavigation(Navigation2D):
 
 
 def test_non_finite_updates_are_refused_then_stop(monkeypatch):
-    registry.envs.register("nan-navigation", _NaNNavigation)
+    registry.envs.register("nan-navigation", _NaNNavigation, override=True)
     config = build_config(
         {"env": "nan-navigation", "meta_batch_size": 2, "fast_batch_size": 2, "horizon": 5, "max_nonfinite_updates": 3}
     )

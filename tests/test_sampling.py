@@ -2,11 +2,11 @@
 
 import numpy as np
 import torch
-from metarl_envs.navigation import Navigation2D
 
 from metarl.policies import GaussianMLP
 from metarl.policies.batched import stack
 from metarl.sampling import GymVectorTaskEnv, make_vector_env, sample_episodes
+from metarl_envs.navigation import Navigation2D
 
 
 def _setup(num_tasks=3, episodes=4):

@@ -7,7 +7,7 @@ from conftest import episodes_like, small_batch
 from metarl.algos.maml_trpo import MAMLTRPO, MetaBatch
 from metarl.algos.trpo import conjugate_gradient, fisher_vector_product, flatten
 from metarl.config import Config
-from metarl.policies.batched import detach, policy_kl, log_probs
+from metarl.policies.batched import detach, log_probs, policy_kl
 from metarl.sampling.episodes import masked_mean
 
 

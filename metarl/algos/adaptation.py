@@ -18,12 +18,19 @@ def policy_gradient_loss(policy: nn.Module, params: Params, episodes: Episodes) 
 def adapt(
     policy: nn.Module, params: Params, episodes: Episodes, lr: float, num_steps: int, first_order: bool
 ) -> Params:
-    """Adapted parameters stacked per task, differentiable w.r.t. `params` (first order: only directly).
+    """Adapted parameters stacked per task, differentiable w.r.t. `params` (first order: only directly)."""
+    return adapt_stacked(policy, stack(params, len(episodes)), episodes, lr, num_steps, first_order)
+
+
+def adapt_stacked(
+    policy: nn.Module, stacked: Params, episodes: Episodes, lr: float, num_steps: int, first_order: bool
+) -> Params:
+    """Inner steps from per-task parameters `stacked` (leading task dimension).
 
     The per-task losses are summed: task i's loss depends only on slice i of the stacked parameters,
     so one gradient of the sum holds every task's own gradient.
     """
-    adapted = stack(params, len(episodes))
+    adapted = stacked
     for _ in range(num_steps):
         loss = policy_gradient_loss(policy, adapted, episodes).sum()
         grads = torch.autograd.grad(loss, list(adapted.values()), create_graph=not first_order)

@@ -13,6 +13,7 @@ One meta-iteration, top to bottom (`MAMLTRPO.step`):
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -24,7 +25,7 @@ from metarl.algos.adaptation import adapt
 from metarl.algos.advantages import compute_advantages
 from metarl.algos.trpo import fisher_vector_product, flatten, natural_step, unflatten
 from metarl.config import Config
-from metarl.policies.batched import Params, detach, policy_kl, log_probs, stack, unstack
+from metarl.policies.batched import Params, detach, log_probs, policy_kl, stack, unstack
 from metarl.regularizers.base import Regularizer, RegularizerContext
 from metarl.sampling.episodes import Episodes, masked_mean
 from metarl.sampling.sampler import sample_episodes
@@ -102,33 +103,35 @@ class MAMLTRPO:
         train_seed, valid_seed = (int(s) for s in rng.integers(0, 2**31 - 1, size=2))
         env = make_vector_env(self.family, tasks, c.fast_batch_size, self.device)
         params = dict(self.policy.named_parameters())
+        valid = None
         try:
             train = self._episodes(stack(detach(params), len(tasks)), env, train_seed)
             sampled = time.perf_counter()
             adapted = self._adapt(params, train, c.first_order)
             adapted_at = time.perf_counter()
-            valid = self._episodes(detach(adapted), env, valid_seed)
+            # NaN rewards or an exploding inner step would make the validation rollout itself fail
+            if _finite(train.rewards, train.advantages, *adapted.values()):
+                valid = self._episodes(detach(adapted), env, valid_seed)
         finally:
             env.close()
         sampled_valid = time.perf_counter()
-        old = detach(adapted)
-        batch = MetaBatch(train, valid, old, log_probs(self.policy, old, valid.observations, valid.actions))
 
-        if all(torch.isfinite(t).all() for t in (train.rewards, train.advantages, valid.rewards, valid.advantages)):
+        if valid is not None and _finite(valid.rewards, valid.advantages):
+            old = detach(adapted)
+            batch = MetaBatch(train, valid, old, log_probs(self.policy, old, valid.observations, valid.actions))
             metrics = self._trpo_update(params, adapted, batch)
         else:
-            nan = float("nan")
-            metrics = _unchanged({"train/surrogate_before": nan, "train/loss_before": nan, "train/non_finite": 1.0}, 0)
+            refused = {"train/surrogate_before": math.nan, "train/loss_before": math.nan, "train/non_finite": 1.0}
+            metrics = _unchanged(refused, 0)
         end = time.perf_counter()
-        env_steps = train.num_steps + valid.num_steps
-        sampling_s = (sampled - start) + (sampled_valid - adapted_at)
+        env_steps = train.num_steps + (valid.num_steps if valid is not None else 0)
         metrics.update(
             {
                 "return/before_adaptation": train.episode_returns().mean().item(),
-                "return/after_adaptation": valid.episode_returns().mean().item(),
+                "return/after_adaptation": valid.episode_returns().mean().item() if valid is not None else math.nan,
                 "perf/env_steps": float(env_steps),
                 "perf/env_steps_per_s": env_steps / (end - start),
-                "perf/sampling_s": sampling_s,
+                "perf/sampling_s": (sampled - start) + (sampled_valid - adapted_at),
                 "perf/adaptation_s": adapted_at - sampled,
                 "perf/outer_step_s": end - sampled_valid,
                 "perf/iteration_s": end - start,
@@ -148,7 +151,7 @@ class MAMLTRPO:
         }
         fvp = fisher_vector_product(before.kl, theta, c.cg_damping)
         step = natural_step(grad, fvp, c.max_kl, c.cg_iters)
-        finite = bool(torch.isfinite(grad).all() and torch.isfinite(step).all())
+        finite = _finite(grad, step)
         metrics["train/non_finite"] = float(not finite)
         attempts = c.ls_max_steps if finite else 0
 
@@ -177,6 +180,10 @@ class MAMLTRPO:
                 }
             size *= c.ls_backtrack_ratio
         return _unchanged(metrics, attempts)
+
+
+def _finite(*tensors: torch.Tensor) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def _unchanged(metrics: dict[str, float], attempts: int) -> dict[str, float]:

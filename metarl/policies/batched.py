@@ -77,4 +77,6 @@ def _kl(p: Distribution, q: Distribution) -> torch.Tensor:
 
 def policy_kl(policy: nn.Module, params_p: Params, params_q: Params, obs: torch.Tensor) -> torch.Tensor:
     """KL(π_p(·|s) ‖ π_q(·|s)) per observation, per task."""
-    return _vmapped(lambda p, q, o: _kl(distribution(policy, p, o), distribution(policy, q, o)))(params_p, params_q, obs)
+    return _vmapped(lambda p, q, o: _kl(distribution(policy, p, o), distribution(policy, q, o)))(
+        params_p, params_q, obs
+    )

@@ -1,0 +1,158 @@
+"""All episodes of a meta-batch of MuJoCo tasks stepped at once from state vectors.
+
+The simulator state of every episode is one row of an array; a step hands the rows of the running
+episodes to `mujoco.rollout` (one C call, all cores, one `MjModel` per task, one scratch `MjData` per
+thread), then computes observations, rewards and terminations for all rows with numpy. Reset noise
+comes from the task's own env, `env.reset(seed=seed + i)` for episode i of the flat T×E list, as in
+`GymVectorTaskEnv`, so both paths see the same episodes. One difference remains: after a MuJoCo
+warning (a diverging simulation) `mujoco.rollout` freezes that episode's state, where `mj_step` would
+reset it to the initial pose.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import mujoco
+import numpy as np
+import torch
+from gymnasium.envs.mujoco.ant_v5 import AntEnv
+from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
+from gymnasium.envs.mujoco.hopper_v5 import HopperEnv
+from gymnasium.envs.mujoco.walker2d_v5 import Walker2dEnv
+from mujoco import rollout
+
+from metarl.sampling.vector_env import VectorTaskEnv
+from metarl_envs.mujoco.base import TaskMujocoEnv
+
+FULLPHYSICS = mujoco.mjtState.mjSTATE_FULLPHYSICS.value
+# (models, states [n, nstate], controls [n, nu]) -> states after `frame_skip` substeps
+Stepper = Callable[[list[mujoco.MjModel], np.ndarray, np.ndarray], np.ndarray]
+
+
+def supports_state_only_stepping(env: TaskMujocoEnv) -> bool:
+    """Whether the env's observation and health check read nothing but qpos and qvel."""
+    skipped = env.observation_structure["skipped_qpos"]
+    state_only = env.observation_space.shape == (env.model.nq - skipped + env.model.nv,)
+    return state_only and isinstance(env, (HalfCheetahEnv, AntEnv, HopperEnv, Walker2dEnv))
+
+
+def observations(env: TaskMujocoEnv, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
+    """The v5 `_get_obs` of each row."""
+    velocity = np.clip(qvel, -10, 10) if isinstance(env, (HopperEnv, Walker2dEnv)) else qvel
+    return np.concatenate([qpos[:, env.observation_structure["skipped_qpos"] :], velocity], axis=1)
+
+
+def healthy(env: TaskMujocoEnv, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
+    """The v5 `is_healthy` of each row (the ranges are the v5 env's constructor arguments)."""
+    if isinstance(env, HalfCheetahEnv):
+        return np.ones(len(qpos), dtype=bool)
+    z_low, z_high = env._healthy_z_range
+    if isinstance(env, AntEnv):
+        finite = np.isfinite(qpos).all(axis=1) & np.isfinite(qvel).all(axis=1)
+        return finite & (z_low <= qpos[:, 2]) & (qpos[:, 2] <= z_high)
+    angle_low, angle_high = env._healthy_angle_range
+    ok = (z_low < qpos[:, 1]) & (qpos[:, 1] < z_high) & (angle_low < qpos[:, 2]) & (qpos[:, 2] < angle_high)
+    if isinstance(env, HopperEnv):
+        state = np.concatenate([qpos, qvel], axis=1)[:, 2:]
+        state_low, state_high = env._healthy_state_range
+        ok &= ((state_low < state) & (state < state_high)).all(axis=1)
+    return ok
+
+
+def make_stepper(model: mujoco.MjModel, frame_skip: int, nthread: int) -> Stepper:
+    """`mujoco.rollout` on a thread pool, or the same steps in Python where it has no `Rollout`."""
+    nstate = mujoco.mj_stateSize(model, FULLPHYSICS)
+    if hasattr(rollout, "Rollout"):  # mujoco >= 3.3
+        pool = rollout.Rollout(nthread=nthread if nthread > 1 else 0)
+        datas = [mujoco.MjData(model) for _ in range(max(nthread, 1))]
+
+        def step(models: list[mujoco.MjModel], states: np.ndarray, controls: np.ndarray) -> np.ndarray:
+            out = np.empty((len(states), frame_skip, nstate))
+            control = np.ascontiguousarray(np.repeat(controls[:, None], frame_skip, axis=1))
+            pool.rollout(models, datas, states, control, nstep=frame_skip, skip_checks=True, state=out)
+            return out[:, -1]
+
+        return step
+
+    data = mujoco.MjData(model)
+
+    def step_in_python(models: list[mujoco.MjModel], states: np.ndarray, controls: np.ndarray) -> np.ndarray:
+        out = np.empty_like(states)
+        for i, m in enumerate(models):
+            mujoco.mj_setState(m, data, states[i], FULLPHYSICS)
+            data.qacc_warmstart[:] = 0
+            data.ctrl[:] = controls[i]
+            mujoco.mj_step(m, data, nstep=frame_skip)
+            mujoco.mj_getState(m, data, out[i], FULLPHYSICS)
+        return out
+
+    return step_in_python
+
+
+class MujocoVectorEnv(VectorTaskEnv):
+    """`episodes_per_task` episodes of each task's env, stepped from state vectors (module docstring)."""
+
+    def __init__(
+        self,
+        envs: list[TaskMujocoEnv],
+        episodes_per_task: int,
+        device: torch.device,
+        stepper: Stepper | None = None,
+    ) -> None:
+        self.envs = envs  # one per task: its model, reset noise and reward
+        self.num_tasks, self.episodes_per_task, self.device = len(envs), episodes_per_task, device
+        first = envs[0]
+        self.observation_space, self.action_space = first.observation_space, first.action_space
+        model = first.model
+        self._models = [env.model for env in envs for _ in range(episodes_per_task)]
+        self._state = np.zeros((len(self._models), mujoco.mj_stateSize(model, FULLPHYSICS)))
+        start = mujoco.mj_stateSize(model, mujoco.mjtState.mjSTATE_TIME.value)
+        self._qpos = slice(start, start + model.nq)
+        self._qvel = slice(start + model.nq, start + model.nq + model.nv)
+        self._done = np.zeros(len(self._models), dtype=bool)
+        nthread = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self._step = stepper or make_stepper(model, first.frame_skip, nthread)
+        # The v5 env's reward and termination settings, shared by all tasks of a family.
+        self._healthy_reward = getattr(first, "_healthy_reward", 0.0)
+        self._terminates = getattr(first, "_terminate_when_unhealthy", False)
+        self._ctrl_cost_weight = first._ctrl_cost_weight
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        shape = (self.num_tasks, self.episodes_per_task, *array.shape[1:])
+        return torch.from_numpy(array.reshape(shape)).to(self.device)
+
+    def _observations(self) -> torch.Tensor:
+        obs = observations(self.envs[0], self._state[:, self._qpos], self._state[:, self._qvel])
+        return self._tensor(obs.astype(np.float32))
+
+    def reset(self, seed: int) -> torch.Tensor:
+        self._done[:] = False
+        for i in range(len(self._state)):
+            env = self.envs[i // self.episodes_per_task]
+            env.reset(seed=seed + i)
+            mujoco.mj_getState(env.model, env.data, self._state[i], FULLPHYSICS)
+        return self._observations()
+
+    def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        space = self.action_space
+        action = np.clip(actions.detach().cpu().numpy().reshape(len(self._state), -1), space.low, space.high)
+        running = np.flatnonzero(~self._done)
+        qpos_before = self._state[:, self._qpos].copy()
+        self._state[running] = self._step(
+            [self._models[i] for i in running], self._state[running], action[running].astype(np.float64)
+        )
+        qpos, qvel = self._state[:, self._qpos], self._state[:, self._qvel]
+        is_healthy = healthy(self.envs[0], qpos, qvel)
+        shape = (self.num_tasks, self.episodes_per_task, -1)
+        reward = np.concatenate(
+            [env.task_reward(*rows) for env, *rows in zip(self.envs, qpos_before.reshape(shape), qpos.reshape(shape))]
+        )
+        reward = reward + is_healthy * self._healthy_reward - self._ctrl_cost_weight * np.square(action).sum(axis=1)
+        self._done |= ~is_healthy & self._terminates
+        return self._observations(), self._tensor(reward.astype(np.float32)), self._tensor(self._done.copy())
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()

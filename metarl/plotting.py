@@ -1,0 +1,73 @@
+"""PNG figures readable without TensorBoard: adaptation curves and training curves."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from metarl.checkpoint import atomic_write
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    atomic_write(path, buffer.getvalue())
+
+
+def plot_adaptation_curves(curves: dict[str, list[dict[str, float]]], title: str, path: Path) -> None:
+    """Mean return (with its 95 % interval) against inner gradient steps, one line per curve."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, rows in curves.items():
+        steps = [r["step"] for r in rows]
+        ax.plot(steps, [r["mean"] for r in rows], marker="o", label=label)
+        ax.fill_between(steps, [r["ci_low"] for r in rows], [r["ci_high"] for r in rows], alpha=0.2)
+    ax.set_xticks(steps)
+    ax.set_xlabel("inner gradient steps")
+    ax.set_ylabel("mean return")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def read_progress(run_dir: Path) -> dict[str, list[float]]:
+    """The columns of a run's progress.csv as floats."""
+    with (run_dir / "progress.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {key: [float(r[key]) if r[key] not in ("", None) else float("nan") for r in rows] for key in rows[0]}
+
+
+def plot_training_curves(run_dirs: list[Path], path: Path) -> None:
+    """Return before and after adaptation against iterations and env steps, all runs on one figure."""
+    plt = _figure()
+    fig, (by_iteration, by_steps) = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
+    for run_dir in run_dirs:
+        progress = read_progress(run_dir)
+        env_steps, total = [], 0.0
+        for steps in progress["perf/env_steps"]:
+            total += steps
+            env_steps.append(total)
+        for key, style in (("return/before_adaptation", "--"), ("return/after_adaptation", "-")):
+            label = f"{run_dir.name} {key.split('/')[1].replace('_', ' ')}"
+            line = by_iteration.plot(progress["iteration"], progress[key], style, label=label)[0]
+            by_steps.plot(env_steps, progress[key], style, color=line.get_color())
+    by_iteration.set_xlabel("meta-iteration")
+    by_steps.set_xlabel("environment steps")
+    by_iteration.set_ylabel("mean episode return")
+    by_iteration.legend(fontsize=7)
+    for ax in (by_iteration, by_steps):
+        ax.grid(alpha=0.3)
+    _save(fig, path)
+    plt.close(fig)

@@ -1,0 +1,99 @@
+"""MuJoCo task families: rewards as documented, task parameters applied, the batched path equal to make_env."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from metarl import registry
+from metarl.sampling.vector_env import GymVectorTaskEnv
+from metarl_envs.mujoco import vector
+from metarl_envs.mujoco.random_params import SCALE_BASES
+
+CPU = torch.device("cpu")
+
+
+# ant-dir with a narrow healthy z range and hopper-params both end some episodes early.
+@pytest.mark.parametrize(
+    "name,kwargs", [("halfcheetah-vel", {}), ("ant-dir", {"healthy_z_range": (0.45, 1.0)}), ("hopper-params", {})]
+)
+@pytest.mark.parametrize("stepper", ["rollout", "python"])
+def test_batched_path_equals_make_env_step_for_step(name, kwargs, stepper, monkeypatch):
+    if stepper == "python":
+        monkeypatch.delattr(vector.rollout, "Rollout", raising=False)
+    family = registry.envs.load(name)(**kwargs)
+    tasks = family.sample_tasks(2, np.random.default_rng(0))
+    fast = family.make_vector_env(tasks, 2, CPU)
+    assert isinstance(fast, vector.MujocoVectorEnv)
+    slow = GymVectorTaskEnv(family, tasks, 2, CPU)
+    generator = torch.Generator().manual_seed(0)
+    actions = [torch.rand(2, 2, *fast.action_space.shape, generator=generator) * 2.4 - 1.2 for _ in range(40)]
+    assert torch.equal(fast.reset(3), slow.reset(3))
+    running = torch.ones(2, 2, dtype=torch.bool)  # the generic path stops stepping finished episodes
+    for action in actions:
+        (fo, fr, fd), (so, sr, sd) = fast.step(action), slow.step(action)
+        assert torch.equal(fo[running], so[running])
+        assert torch.allclose(fr[running], sr[running], rtol=1e-6, atol=1e-6)
+        assert torch.equal(fd[running], sd[running])
+        running &= ~sd
+    if name != "halfcheetah-vel":
+        assert not running.all(), "an episode should have terminated"
+    # Bit for bit in float64 too, which float32 observations of 40 steps would not reveal.
+    qpos = np.stack([env.unwrapped.data.qpos for env in slow.envs])
+    np.testing.assert_array_equal(fast._state[:, fast._qpos], qpos)
+
+
+def test_halfcheetah_vel_reward_is_the_documented_one():
+    env = registry.envs.load("halfcheetah-vel")().make_env({"velocity": 1.5})
+    env.reset(seed=0)
+    action = np.full(6, 0.5, dtype=np.float32)
+    x_before = env.unwrapped.data.qpos[0]
+    _, reward, terminated, _, _ = env.step(action)
+    velocity = (env.unwrapped.data.qpos[0] - x_before) / env.unwrapped.dt
+    assert reward == pytest.approx(-abs(velocity - 1.5) - 0.05 * 6 * 0.25)
+    assert not terminated
+
+
+def test_ant_goal_reward_is_the_documented_one():
+    env = registry.envs.load("ant-goal")().make_env({"goal": [1.0, -2.0]})
+    env.reset(seed=0)
+    _, reward, _, _, _ = env.step(np.zeros(8, dtype=np.float32))
+    x, y = env.unwrapped.data.qpos[:2]
+    assert reward == pytest.approx(-(abs(x - 1.0) + abs(y + 2.0)) + 1.0)
+
+
+def test_goals_lie_in_their_ranges():
+    rng = np.random.default_rng(0)
+    assert all(0 <= t["velocity"] <= 2 for t in registry.envs.load("halfcheetah-vel")().sample_tasks(50, rng))
+    assert all(0 <= t["velocity"] <= 3 for t in registry.envs.load("ant-vel")().sample_tasks(50, rng))
+    assert {t["direction"] for t in registry.envs.load("ant-dir")().sample_tasks(50, rng)} == {-1, 1}
+    assert all(np.hypot(*t["goal"]) <= 3 for t in registry.envs.load("ant-goal")().sample_tasks(50, rng))
+
+
+@pytest.mark.parametrize("name", ["hopper-params", "walker-params"])
+def test_random_parameters_scale_the_model(name):
+    family = registry.envs.load(name)()
+    task = family.sample_tasks(1, np.random.default_rng(0))[0]
+    default, scaled = family.make_env({}).model, family.make_env(task).model
+    for field, base in SCALE_BASES.items():
+        factors = np.asarray(task[field])
+        assert factors.shape == getattr(default, field).shape
+        assert np.all(np.abs(np.log(factors) / np.log(base)) <= 3.0)
+        np.testing.assert_allclose(getattr(scaled, field), getattr(default, field) * factors)
+
+
+def test_humanoid_dir_uses_the_generic_path():
+    family = registry.envs.load("humanoid-dir")()
+    assert family.make_vector_env(family.sample_tasks(1, np.random.default_rng(0)), 1, CPU) is None
+
+
+@pytest.mark.parametrize(
+    "env_id,task",
+    [("metarl/HalfCheetahDir-v0", {"direction": -1}), ("metarl/HopperParams-v0", {"dof_damping": [1.0] * 6})],
+)
+def test_gymnasium_ids_take_the_task_as_keyword(env_id, task):
+    env = gym.make(f"metarl_envs:{env_id}", task=task)
+    assert env.spec.max_episode_steps == 200
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    env.step(env.action_space.sample())
