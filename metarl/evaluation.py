@@ -78,7 +78,7 @@ def evaluate_adaptation(
                     compute_advantages(batch, config.gamma, config.gae_lambda, config.normalize_advantages)
                 )
                 leaf = {n: p.detach().requires_grad_() for n, p in params.items()}
-                params = detach(adapt_stacked(policy, leaf, batch, config.inner_lr, 1, first_order=True))
+                params = detach(adapt_stacked(policy, leaf, batch, config.inner_lr, 1, first_order=True).params)
     finally:
         env.close()
     return AdaptationResult(tasks, np.stack(returns, axis=1), params)

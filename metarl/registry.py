@@ -69,6 +69,11 @@ class Registry:
             self._sources = sources
         return self._sources
 
+    def reload(self) -> None:
+        """Forget discovered entry points and loaded plugins (e.g. after installing a package)."""
+        self._sources = None
+        self._loaded = {}
+
     def register(self, name: str, obj: Any, package: str = "<runtime>", override: bool = False) -> None:
         """Add `obj` under `name` without an installed package (scripts and notebooks).
 

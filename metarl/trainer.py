@@ -78,9 +78,25 @@ def make_policy(config: Config, observation_space: gym.Space, action_space: gym.
     accepted = inspect.signature(cls).parameters
     kwargs = {k: getattr(config, k) for k in ("hidden_sizes", "activation") if k in accepted}
     policy = _construct(cls, f"policy {name!r}", observation_space, action_space, **kwargs)
-    if not isinstance(policy, nn.Module):
-        raise PluginError(f"policy {name!r} is not a torch.nn.Module")
+    _check_policy_output(policy, name, observation_space)
     return policy
+
+
+def _check_policy_output(policy: nn.Module, name: str, observation_space: gym.Space) -> None:
+    """The contract: forward(obs) is a Distribution with one log-probability per observation."""
+    from metarl.policies.mlp import observation_dim
+
+    obs = torch.zeros(3, observation_dim(observation_space))
+    try:
+        with torch.no_grad():
+            pi = policy(obs)
+            log_prob = pi.log_prob(pi.sample()) if isinstance(pi, torch.distributions.Distribution) else None
+    except Exception as exc:
+        raise PluginError(f"policy {name!r} failed on a batch of observations: {type(exc).__name__}: {exc}") from exc
+    if log_prob is None:
+        raise PluginError(f"policy {name!r} returned {type(pi).__name__}, not a torch.distributions.Distribution")
+    if tuple(log_prob.shape) != (3,):
+        raise PluginError(f"policy {name!r}: log_prob of 3 observations has shape {tuple(log_prob.shape)}, not (3,)")
 
 
 def make_regularizers(config: Config) -> dict[str, tuple[Regularizer, float]]:

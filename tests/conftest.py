@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import textwrap
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -49,3 +52,17 @@ def batch() -> tuple:
 def episodes_like(episodes: Episodes, **changes) -> Episodes:
     fields = {k: getattr(episodes, k) for k in ("observations", "actions", "rewards", "mask", "advantages")}
     return Episodes(**{**fields, **changes})
+
+
+def write_distribution(root: Path, name: str, entry_points: dict[str, dict[str, str]], modules: dict[str, str]) -> None:
+    """A fake installed distribution `name` 0.1 in `root`, with its entry points and top-level modules."""
+    dist_info = root / f"{name.replace('-', '_')}-0.1.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    sections = [
+        "\n".join([f"[{group}]", *(f"{key} = {target}" for key, target in entries.items())])
+        for group, entries in entry_points.items()
+    ]
+    (dist_info / "entry_points.txt").write_text("\n\n".join(sections) + "\n")
+    for module, source in modules.items():
+        (root / f"{module}.py").write_text(textwrap.dedent(source))

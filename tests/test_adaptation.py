@@ -36,7 +36,7 @@ def test_vmapped_adaptation_equals_per_task_loop():
     policy, _, _, episodes = small_batch()
     params = dict(policy.named_parameters())
     for steps in (1, 2):
-        batched = unstack(adapt(policy, params, episodes, LR, steps, first_order=False))
+        batched = unstack(adapt(policy, params, episodes, LR, steps, first_order=False).params)
         looped = _loop_adapt(policy, params, episodes, steps)
         for b, lp in zip(batched, looped):
             for name in params:
@@ -46,7 +46,7 @@ def test_vmapped_adaptation_equals_per_task_loop():
 def test_second_order_gradient_equals_per_task_loop():
     policy, _, _, episodes = small_batch()
     params = dict(policy.named_parameters())
-    batched = adapt(policy, params, episodes, LR, 1, first_order=False)
+    batched = adapt(policy, params, episodes, LR, 1, first_order=False).params
     g_batched = torch.autograd.grad(_outer_loss(policy, batched, episodes), list(params.values()))
     looped = _loop_adapt(policy, params, episodes, 1)
     stacked = {n: torch.stack([t[n] for t in looped]) for n in params}
@@ -66,7 +66,7 @@ def test_gradient_through_inner_step_matches_finite_differences():
     params = {n: p.detach().clone().requires_grad_() for n, p in policy.named_parameters()}
 
     def objective(theta):
-        return _outer_loss(policy, adapt(policy, theta, episodes, LR, 1, first_order=False), episodes)
+        return _outer_loss(policy, adapt(policy, theta, episodes, LR, 1, first_order=False).params, episodes)
 
     grads = dict(zip(params, torch.autograd.grad(objective(params), list(params.values()))))
     torch.manual_seed(3)
@@ -80,8 +80,8 @@ def test_gradient_through_inner_step_matches_finite_differences():
 def test_first_order_drops_the_hessian_term():
     policy, _, _, episodes = small_batch()
     params = dict(policy.named_parameters())
-    first = adapt(policy, params, episodes, LR, 1, first_order=True)
-    second = adapt(policy, params, episodes, LR, 1, first_order=False)
+    first = adapt(policy, params, episodes, LR, 1, first_order=True).params
+    second = adapt(policy, params, episodes, LR, 1, first_order=False).params
     for name in params:  # same adapted values ...
         assert torch.allclose(first[name], second[name])
     g_first = torch.autograd.grad(_outer_loss(policy, first, episodes), list(params.values()))

@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 import warnings
 from collections.abc import Callable, Iterator
 from importlib import metadata
@@ -22,6 +21,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import write_distribution
 from gymnasium.utils.env_checker import check_env
 from torch.func import functional_call
 
@@ -57,20 +57,6 @@ def example() -> None:
 def fresh(reg: registry.Registry) -> registry.Registry:
     """A registry of the same group that has not discovered anything yet."""
     return registry.Registry(reg.kind, reg.plural, reg.group, reg._check)
-
-
-def write_distribution(root: Path, name: str, entry_points: dict[str, dict[str, str]], modules: dict[str, str]) -> None:
-    """A fake installed distribution `name` 0.1 in `root`, with its entry points and top-level modules."""
-    dist_info = root / f"{name.replace('-', '_')}-0.1.dist-info"
-    dist_info.mkdir()
-    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
-    sections = [
-        "\n".join([f"[{group}]", *(f"{key} = {target}" for key, target in entries.items())])
-        for group, entries in entry_points.items()
-    ]
-    (dist_info / "entry_points.txt").write_text("\n\n".join(sections) + "\n")
-    for module, source in modules.items():
-        (root / f"{module}.py").write_text(textwrap.dedent(source))
 
 
 @pytest.fixture
@@ -201,7 +187,7 @@ def test_adapted_entropy_gradient_reaches_theta_through_adaptation(point_reach_b
     policy, params, train, valid = point_reach_batch
     regularizer_cls = registry.regularizers.load("adapted-entropy")
     assert issubclass(regularizer_cls, metarl.Regularizer)
-    adapted = unstack(adapt(policy, params, train, lr=0.5, num_steps=1, first_order=first_order))
+    adapted = unstack(adapt(policy, params, train, lr=0.5, num_steps=1, first_order=first_order).params)
     value = regularizer_cls()(RegularizerContext(policy, params, adapted, train.tasks(), valid.tasks()))
     assert value.shape == () and torch.isfinite(value)
 

@@ -33,23 +33,23 @@ def test_fisher_vector_product_is_hessian_of_quadratic():
 def _batch_for(policy, family, train, lr=0.1):
     learner = MAMLTRPO(policy, family, Config(inner_lr=lr, max_kl=0.01))
     params = dict(policy.named_parameters())
-    adapted = learner._adapt(params, train, first_order=False)
+    adaptation = learner._adapt(params, train, first_order=False)
     valid = train  # the same states serve as validation data here
-    old = detach(adapted)
+    old = detach(adaptation.params)
     batch = MetaBatch(train, valid, old, log_probs(policy, old, valid.observations, valid.actions))
-    return learner, params, adapted, batch
+    return learner, params, adaptation, batch
 
 
 def test_trpo_step_stays_within_max_kl_and_improves():
     policy, family, _, train = small_batch()
-    learner, params, adapted, batch = _batch_for(policy, family, train)
+    learner, params, adaptation, batch = _batch_for(policy, family, train)
     before = flatten([p.detach().clone() for p in params.values()])
-    loss_before = learner.objective(params, adapted, batch).loss.item()
-    metrics = learner._trpo_update(params, adapted, batch)
+    loss_before = learner.objective(params, adaptation.params, batch).loss.item()
+    metrics = learner._trpo_update(params, adaptation, batch)
     assert metrics["train/line_search_accepted"] == 1.0
     assert not torch.equal(before, flatten(list(params.values())))
     # independent check: re-adapt at the new θ and measure KL to the old adapted policies
-    new_adapted = learner._adapt(dict(policy.named_parameters()), train, first_order=True)
+    new_adapted = learner._adapt(dict(policy.named_parameters()), train, first_order=True).params
     kl = masked_mean(policy_kl(policy, batch.old_adapted, new_adapted, train.observations), train.mask).mean()
     assert kl.item() < learner.config.max_kl
     assert np.isclose(kl.item(), metrics["train/kl"], rtol=1e-6)
@@ -60,8 +60,8 @@ def test_rejected_line_search_leaves_theta_unchanged():
     policy, family, _, train = small_batch()
     # zero advantages: no step can improve the objective, so every candidate must be rejected
     flat = episodes_like(train, advantages=torch.zeros_like(train.advantages))
-    learner, params, adapted, batch = _batch_for(policy, family, flat)
+    learner, params, adaptation, batch = _batch_for(policy, family, flat)
     before = {n: p.detach().clone() for n, p in params.items()}
-    metrics = learner._trpo_update(params, adapted, batch)
+    metrics = learner._trpo_update(params, adaptation, batch)
     assert metrics["train/line_search_accepted"] == 0.0
     assert all(torch.equal(before[n], p) for n, p in policy.named_parameters())

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -15,24 +18,62 @@ def policy_gradient_loss(policy: nn.Module, params: Params, episodes: Episodes) 
     return -masked_mean(logp * episodes.advantages, episodes.mask)
 
 
+@dataclass
+class Adaptation:
+    """Adapted parameters stacked per task, with what is needed to multiply by Jᵢ = dθᵢ'/dθ.
+
+    `steps` holds, for each second-order inner step, its input iterate and the inner gradient at it
+    (with graph); it is empty for first-order adaptation, where Jᵢ is the identity. Each step's
+    Jacobian I − α∇²L is symmetric, so products with Jᵢ and Jᵢᵀ differ only in the order of steps.
+    """
+
+    params: Params
+    steps: list[tuple[Params, Params]]
+    lr: float
+
+    def _through(self, vectors: Params, steps: Iterable[tuple[Params, Params]]) -> Params:
+        for iterate, grads in steps:
+            hvps = torch.autograd.grad(
+                list(grads.values()),
+                list(iterate.values()),
+                list(vectors.values()),
+                retain_graph=True,
+                allow_unused=True,
+                materialize_grads=True,
+            )
+            vectors = {name: v - self.lr * h for (name, v), h in zip(vectors.items(), hvps)}
+        return vectors
+
+    def jvp(self, v: Params) -> Params:
+        """Jᵢ v for every task: v shaped like θ, the result stacked per task."""
+        return self._through(stack(v, len(next(iter(self.params.values())))), self.steps)
+
+    def vjp(self, u: Params) -> Params:
+        """Σᵢ Jᵢᵀ uᵢ: u stacked per task, the result shaped like θ."""
+        return {name: t.sum(0) for name, t in self._through(u, reversed(self.steps)).items()}
+
+
 def adapt(
     policy: nn.Module, params: Params, episodes: Episodes, lr: float, num_steps: int, first_order: bool
-) -> Params:
-    """Adapted parameters stacked per task, differentiable w.r.t. `params` (first order: only directly)."""
+) -> Adaptation:
+    """The inner loop for all tasks at once from shared θ = `params`, differentiable w.r.t. it
+    (first order: only through the identity part of θ' = θ − α∇L)."""
     return adapt_stacked(policy, stack(params, len(episodes)), episodes, lr, num_steps, first_order)
 
 
 def adapt_stacked(
     policy: nn.Module, stacked: Params, episodes: Episodes, lr: float, num_steps: int, first_order: bool
-) -> Params:
+) -> Adaptation:
     """Inner steps from per-task parameters `stacked` (leading task dimension).
 
     The per-task losses are summed: task i's loss depends only on slice i of the stacked parameters,
     so one gradient of the sum holds every task's own gradient.
     """
-    adapted = stacked
+    adapted, steps = stacked, []
     for _ in range(num_steps):
         loss = policy_gradient_loss(policy, adapted, episodes).sum()
-        grads = torch.autograd.grad(loss, list(adapted.values()), create_graph=not first_order)
-        adapted = {name: p - lr * g for (name, p), g in zip(adapted.items(), grads)}
-    return adapted
+        grads = dict(zip(adapted, torch.autograd.grad(loss, list(adapted.values()), create_graph=not first_order)))
+        if not first_order:
+            steps.append((adapted, grads))
+        adapted = {name: p - lr * grads[name] for name, p in adapted.items()}
+    return Adaptation(adapted, steps, lr)
