@@ -101,7 +101,13 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 
 
 def load_newest_checkpoint(run_dir: Path, warn: Callable[[str], None]) -> dict[str, Any]:
-    """The newest checkpoint of a run that loads; unreadable newer ones are reported through `warn`."""
+    """The newest checkpoint of a run that loads; unreadable newer ones are reported through `warn`.
+
+    Temporary files left by a process killed while writing are removed first.
+    """
+    for stale in (run_dir / CHECKPOINT_DIR).glob(".*.tmp"):
+        warn(f"removing {stale.name}, left by a process killed while it wrote a checkpoint")
+        stale.unlink()
     checkpoints = list_checkpoints(run_dir)
     if not checkpoints:
         raise MetarlError(f"run {str(run_dir)!r} has no checkpoint to resume from")

@@ -83,6 +83,42 @@ def test_sigterm_stops_with_checkpoint_and_resume_hint(tmp_path):
     assert not list(run.rglob("*.tmp"))
 
 
+def test_sigkill_never_leaves_a_partial_checkpoint(tmp_path):
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "metarl",
+            "train",
+            "--env",
+            "navigation-2d",
+            "--iterations",
+            "1000",
+            "--logdir",
+            str(tmp_path),
+            *SMALL,
+            "--set",
+            "checkpoint_every=1",
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(tmp_path.glob("*/checkpoints/iter-*.pt"))) < 3:
+        time.sleep(0.05)
+    process.kill()  # SIGKILL: no handler runs
+    process.wait(timeout=60)
+    run = _only_run(tmp_path)
+    checkpoints = sorted((run / "checkpoints").glob("iter-*.pt"))
+    assert len(checkpoints) >= 3
+    for path in checkpoints:  # every file that has a checkpoint's name is a whole checkpoint
+        assert torch.load(path, weights_only=True)["iteration"] == int(path.stem.split("-")[1])
+    (run / "checkpoints" / ".iter-999999.pt.abc.tmp").write_bytes(b"torn")  # as if killed mid-write
+    result = metarl("train", "--resume", str(run), "--iterations", str(len(checkpoints) + 1), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "removing .iter-999999.pt.abc.tmp" in result.stderr
+    assert not list(run.rglob("*.tmp"))
+
+
 def test_corrupted_newest_checkpoint_falls_back_to_previous(tmp_path):
     args = ["train", "--env", "navigation-2d", "--iterations", "2", "--logdir", str(tmp_path), *SMALL]
     assert metarl(*args, "--set", "checkpoint_every=1").returncode == 0
