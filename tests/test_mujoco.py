@@ -97,3 +97,18 @@ def test_gymnasium_ids_take_the_task_as_keyword(env_id, task):
     obs, _ = env.reset(seed=0)
     assert env.observation_space.contains(obs)
     env.step(env.action_space.sample())
+
+
+@pytest.mark.parametrize("name", ["hopper-params", "halfcheetah-vel"])
+def test_pooled_envs_switched_to_a_task_equal_fresh_ones(name):
+    """The fast path reuses compiled envs across meta-batches; switching task must leave no trace."""
+
+    family = registry.envs.load(name)()
+    first, second = family.sample_tasks(2, np.random.default_rng(0)), family.sample_tasks(2, np.random.default_rng(1))
+    family.make_vector_env(first, 1, torch.device("cpu"))
+    reused = family.make_vector_env(second, 1, torch.device("cpu"))
+    for env, task in zip(reused.envs, second):
+        fresh = family.make_env(task)
+        for field in ("body_mass", "body_inertia", "dof_damping", "geom_friction", "body_invweight0", "dof_invweight0"):
+            assert np.array_equal(getattr(env.model, field), getattr(fresh.model, field)), field
+        assert env.task == fresh.task

@@ -15,8 +15,12 @@ bit for bit. The solver converges to the same accelerations within its tolerance
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import mujoco
 import numpy as np
 import torch
 from gymnasium import utils
@@ -37,8 +41,13 @@ class TaskMujocoEnv:
 
     def __init__(self, task: dict[str, Any] | None = None, **kwargs: Any) -> None:
         self.task = dict(self.default_task if task is None else task)
-        super().__init__(**{**self.default_kwargs, **kwargs})
+        with _without_deprecation_warnings():
+            super().__init__(**{**self.default_kwargs, **kwargs})
         utils.EzPickle.__init__(self, task=task, **kwargs)  # the v5 class recorded its own arguments
+
+    def set_task(self, task: dict[str, Any]) -> None:
+        """Switch this env to another task of its family (reusing the compiled model)."""
+        self.task = dict(task)
 
     def task_reward(self, qpos_before: np.ndarray, qpos_after: np.ndarray) -> np.ndarray:
         """The task's reward term for a batch of transitions of this task, rows of qpos [N, nq]."""
@@ -65,14 +74,39 @@ class TaskMujocoEnv:
         return self._get_obs(), float(reward), terminated, False, {"x_position": float(self.data.qpos[0])}
 
 
+@contextmanager
+def _without_deprecation_warnings() -> Iterator[None]:
+    """Silence MuJoCo's compiler deprecation notices about Gymnasium's XML (e.g. `settotalmass`)."""
+    previous = mujoco.get_mju_user_warning()
+
+    def handler(message: str) -> None:
+        if "deprecated" in message:
+            return
+        if previous is not None:
+            previous(message)
+        else:
+            print(f"WARNING: {message}", file=sys.stderr)
+
+    mujoco.set_mju_user_warning(handler)
+    try:
+        yield
+    finally:
+        mujoco.set_mju_user_warning(previous)
+
+
 class MujocoFamily(TaskDistribution):
-    """A family of `env_class` tasks; `make_vector_env` steps them all through `mujoco.rollout`."""
+    """A family of `env_class` tasks; `make_vector_env` steps them all through `mujoco.rollout`.
+
+    The envs of the fast path are kept and switched to new tasks with `set_task`, so a meta-batch does
+    not compile its models again at every iteration.
+    """
 
     env_class: ClassVar[type[TaskMujocoEnv]]
     max_episode_steps = 200
 
     def __init__(self, **env_kwargs: Any) -> None:
         self.env_kwargs = env_kwargs
+        self._pool: list[TaskMujocoEnv] = []
 
     def make_env(self, task: dict[str, Any]) -> TaskMujocoEnv:
         return self.env_class(task=task, **self.env_kwargs)
@@ -82,7 +116,11 @@ class MujocoFamily(TaskDistribution):
     ) -> MujocoVectorEnv | None:
         from metarl_envs.mujoco.vector import MujocoVectorEnv, supports_state_only_stepping
 
-        envs = [self.make_env(task) for task in tasks]
+        while len(self._pool) < len(tasks):
+            self._pool.append(self.make_env(tasks[len(self._pool)]))
+        envs = self._pool[: len(tasks)]
         if not supports_state_only_stepping(envs[0]):
             return None
+        for env, task in zip(envs, tasks):
+            env.set_task(task)
         return MujocoVectorEnv(envs, episodes_per_task, device)

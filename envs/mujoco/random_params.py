@@ -26,8 +26,13 @@ class RandomParamsEnv(TaskMujocoEnv):
 
     def __init__(self, task: dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(task, **kwargs)
-        for name, factors in self.task.items():
-            getattr(self.model, name)[:] *= np.asarray(factors)
+        self._nominal = {name: getattr(self.model, name).copy() for name in SCALE_BASES}
+        self.set_task(self.task)
+
+    def set_task(self, task: dict[str, Any]) -> None:
+        super().set_task(task)
+        for name, nominal in self._nominal.items():
+            getattr(self.model, name)[:] = nominal * np.asarray(self.task.get(name, 1.0))
         # Recompute the constants derived from masses and inertias (e.g. the solver's inverse weights).
         mujoco.mj_setConst(self.model, self.data)
 

@@ -101,7 +101,7 @@ class MujocoVectorEnv(VectorTaskEnv):
         device: torch.device,
         stepper: Stepper | None = None,
     ) -> None:
-        self.envs = envs  # one per task: its model, reset noise and reward
+        self.envs = envs  # one per task: its model, reset noise and reward (owned by the family, not closed here)
         self.num_tasks, self.episodes_per_task, self.device = len(envs), episodes_per_task, device
         first = envs[0]
         self.observation_space, self.action_space = first.observation_space, first.action_space
@@ -152,7 +152,3 @@ class MujocoVectorEnv(VectorTaskEnv):
         reward = reward + is_healthy * self._healthy_reward - self._ctrl_cost_weight * np.square(action).sum(axis=1)
         self._done |= ~is_healthy & self._terminates
         return self._observations(), self._tensor(reward.astype(np.float32)), self._tensor(self._done.copy())
-
-    def close(self) -> None:
-        for env in self.envs:
-            env.close()
