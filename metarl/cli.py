@@ -45,6 +45,24 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     _add_adaptation_args(evaluate)
     evaluate.add_argument("--tasks", type=_positive, default=40, help="held-out tasks (default 40)")
+    evaluate.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        choices=("pretrained", "scratch"),  # metarl.comparison.BASELINES, not imported at parse time
+        help="also run a stable-baselines3 PPO baseline (repeatable): pretrained on the family and then "
+        "adapted like the meta-learned policy, or trained from scratch on each of --baseline-tasks tasks",
+    )
+    evaluate.add_argument(
+        "--baseline-steps", type=_positive, default=100_000, help="PPO env steps per baseline policy (default 100000)"
+    )
+    evaluate.add_argument(
+        "--baseline-tasks", type=_positive, default=3, help="held-out tasks PPO learns from scratch (default 3)"
+    )
+    evaluate.add_argument(
+        "--video", action="store_true", help="GIF of an episode before and after adaptation, RUN_DIR/adaptation.gif"
+    )
+    evaluate.add_argument("--video-tasks", type=_positive, default=3, help="held-out tasks in the video (default 3)")
     evaluate.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     adapt = sub.add_parser("adapt", help="adapt to one task and save a stable-baselines3 PPO model")
@@ -58,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
     plot.add_argument("--out", type=Path, help="PNG path (default RUN_DIR/training_curves.png)")
     plot.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    from metarl.sweep import add_sweep_parser
+
+    add_sweep_parser(sub)
 
     listing = sub.add_parser("list", help="installed task families, policies and regularizers")
     listing.add_argument("group", nargs="?", choices=LIST_GROUPS, help="one group only")
@@ -223,14 +245,38 @@ def _evaluate(args: argparse.Namespace) -> int:
         "inner_lr": config.inner_lr,
     }
     paths = write_evaluation(args.run_dir, result, meta)
+    baselines: dict[str, Any] = {}
+    if args.baseline:
+        from metarl.comparison import evaluate_baselines
+
+        baselines, written = evaluate_baselines(
+            trainer, result, args.baseline, args.baseline_steps, args.baseline_tasks, episodes, seed, args.run_dir
+        )
+        paths += [p for p in written if p not in paths]
     with SummaryWriter(log_dir=str(args.run_dir)) as writer:
         for row in result.summary():
             writer.add_scalar("evaluation/return_by_inner_steps", row["mean"], row["step"])
+        for row in baselines.get("pretrained", {}).get("summary", []):
+            writer.add_scalar("evaluation/pretrained_return_by_inner_steps", row["mean"], row["step"])
+        if args.video:
+            from metarl.video import write_adaptation_video
+
+            horizon = config.horizon or trainer.family.max_episode_steps
+            gif = args.run_dir / "adaptation.gif"
+            paths.append(
+                write_adaptation_video(
+                    trainer.policy, trainer.family, result, args.video_tasks, horizon, gif, seed, writer
+                )
+            )
     print(
         f"{config.env}, checkpoint {args.checkpoint} (iteration {trainer.iteration}), {len(tasks)} held-out tasks, "
         f"{episodes} episodes per task and step"
     )
     print(format_table(result.summary()))
+    if baselines:
+        from metarl.comparison import format_baselines
+
+        print(format_baselines(baselines))
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
@@ -277,6 +323,12 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from metarl.sweep import run_sweep
+
+    return run_sweep(args)
+
+
 def _list(args: argparse.Namespace) -> int:
     from metarl import registry
 
@@ -297,7 +349,14 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `metarl` console script."""
     args = _parser().parse_args(argv)
     try:
-        commands = {"train": _train, "evaluate": _evaluate, "adapt": _adapt, "plot": _plot, "list": _list}
+        commands = {
+            "train": _train,
+            "evaluate": _evaluate,
+            "adapt": _adapt,
+            "plot": _plot,
+            "sweep": _sweep,
+            "list": _list,
+        }
         return commands[args.command](args)
     except MetarlError as exc:
         if args.debug:

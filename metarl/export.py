@@ -1,8 +1,14 @@
-"""Export an adapted built-in MLP policy as a stable-baselines3 PPO model (`PPO.load` opens it)."""
+"""stable-baselines3 interop for the built-in MLP policies: the same network as SB3's PPO MlpPolicy.
+
+`to_sb3_ppo` exports adapted weights as a PPO model (`PPO.load` opens the saved zip); `from_sb3_ppo`
+imports a PPO actor into a metarl policy (used by the pretrained baseline).
+"""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import torch
@@ -12,41 +18,57 @@ from metarl.errors import MetarlError
 from metarl.policies import CategoricalMLP, GaussianMLP
 from metarl.policies.batched import Params
 
+if TYPE_CHECKING:
+    from stable_baselines3 import PPO
 
-def to_sb3_ppo(policy: nn.Module, params: Params, env: gym.Env):
+
+def sb3_policy_kwargs(policy: nn.Module) -> dict[str, Any]:
+    """`policy_kwargs` of an SB3 MlpPolicy whose actor has the shape of `policy` (critic alike)."""
+    if not isinstance(policy, (GaussianMLP, CategoricalMLP)):
+        raise MetarlError(
+            f"stable-baselines3 interop supports gaussian-mlp and categorical-mlp, not {type(policy).__name__}"
+        )
+    hidden = [m.out_features for m in policy.trunk if isinstance(m, nn.Linear)]
+    activations = {type(m) for m in policy.trunk if not isinstance(m, nn.Linear)}
+    return {
+        "net_arch": {"pi": hidden, "vf": hidden},
+        "activation_fn": activations.pop() if activations else nn.Tanh,
+        "ortho_init": False,
+    }
+
+
+def sb3_parameter_names(policy: nn.Module) -> dict[str, str]:
+    """Our parameter name -> the SB3 MlpPolicy state_dict key holding the same tensor."""
+    names = {}
+    for i, module in enumerate(policy.trunk):
+        if isinstance(module, nn.Linear):
+            names |= {f"trunk.{i}.{k}": f"mlp_extractor.policy_net.{i}.{k}" for k in ("weight", "bias")}
+    head = "mean" if isinstance(policy, GaussianMLP) else "logits"
+    names |= {f"{head}.{k}": f"action_net.{k}" for k in ("weight", "bias")}
+    if isinstance(policy, GaussianMLP):
+        names["log_std"] = "log_std"
+    return names
+
+
+def from_sb3_ppo(policy: nn.Module, model: PPO) -> nn.Module:
+    """A copy of `policy` (same class, shape and device) whose weights are the PPO model's actor."""
+    theirs = model.policy.state_dict()
+    converted = copy.deepcopy(policy)
+    device = next(policy.parameters()).device
+    converted.load_state_dict({ours: theirs[key].to(device) for ours, key in sb3_parameter_names(policy).items()})
+    return converted
+
+
+def to_sb3_ppo(policy: nn.Module, params: Params, env: gym.Env) -> PPO:
     """A PPO model whose actor has `params` (one task's parameters of `policy`); the critic is untrained."""
     from stable_baselines3 import PPO
 
-    if not isinstance(policy, (GaussianMLP, CategoricalMLP)):
-        raise MetarlError(
-            f"export to stable-baselines3 supports gaussian-mlp and categorical-mlp, not {type(policy).__name__}"
-        )
-    linears = [m for m in policy.trunk if isinstance(m, nn.Linear)]
-    activations = {type(m) for m in policy.trunk if not isinstance(m, nn.Linear)}
-    hidden = [m.out_features for m in linears]
-    model = PPO(
-        "MlpPolicy",
-        env,
-        policy_kwargs={
-            "net_arch": {"pi": hidden, "vf": hidden},
-            "activation_fn": activations.pop() if activations else nn.Tanh,
-            "ortho_init": False,
-        },
-        device="cpu",
-        verbose=0,
-    )
-    head = "mean" if isinstance(policy, GaussianMLP) else "logits"
-    names = {
-        f"trunk.{i}": f"mlp_extractor.policy_net.{i}" for i, m in enumerate(policy.trunk) if isinstance(m, nn.Linear)
-    }
-    names[head] = "action_net"
+    model = PPO("MlpPolicy", env, policy_kwargs=sb3_policy_kwargs(policy), device="cpu", verbose=0)
     target = model.policy.state_dict()
     with torch.no_grad():
-        for ours, theirs in names.items():
-            for kind in ("weight", "bias"):
-                target[f"{theirs}.{kind}"] = params[f"{ours}.{kind}"].detach().cpu().clone()
-        if isinstance(policy, GaussianMLP):
-            target["log_std"] = params["log_std"].detach().cpu().clamp(min=policy.min_log_std).clone()
+        for ours, theirs in sb3_parameter_names(policy).items():
+            value = params[ours].detach().cpu()
+            target[theirs] = value.clamp(min=policy.min_log_std) if ours == "log_std" else value.clone()
     model.policy.load_state_dict(target)
     return model
 

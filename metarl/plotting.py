@@ -9,7 +9,8 @@ from pathlib import Path
 from metarl.checkpoint import atomic_write
 
 
-def _figure():
+def new_figure():
+    """matplotlib's pyplot on the headless Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,7 +19,8 @@ def _figure():
     return plt
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
+    """Write `fig` as a PNG at `path`, atomically."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     atomic_write(path, buffer.getvalue())
@@ -26,7 +28,7 @@ def _save(fig, path: Path) -> None:
 
 def plot_adaptation_curves(curves: dict[str, list[dict[str, float]]], title: str, path: Path) -> None:
     """Mean return (with its 95 % interval) against inner gradient steps, one line per curve."""
-    plt = _figure()
+    plt = new_figure()
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, rows in curves.items():
         steps = [r["step"] for r in rows]
@@ -38,7 +40,7 @@ def plot_adaptation_curves(curves: dict[str, list[dict[str, float]]], title: str
     ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -51,7 +53,7 @@ def read_progress(run_dir: Path) -> dict[str, list[float]]:
 
 def plot_training_curves(run_dirs: list[Path], path: Path) -> None:
     """Return before and after adaptation against iterations and env steps, all runs on one figure."""
-    plt = _figure()
+    plt = new_figure()
     fig, (by_iteration, by_steps) = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
     for run_dir in run_dirs:
         progress = read_progress(run_dir)
@@ -69,5 +71,5 @@ def plot_training_curves(run_dirs: list[Path], path: Path) -> None:
     by_iteration.legend(fontsize=7)
     for ax in (by_iteration, by_steps):
         ax.grid(alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)

@@ -26,23 +26,17 @@ def metarl(*args: str, cwd: Path | None = None, env: dict | None = None) -> subp
     )
 
 
+def _train_seed_7(logdir: Path) -> subprocess.CompletedProcess:
+    return metarl(
+        "train", "--env", "navigation-2d", "--iterations", "3", "--seed", "7", "--logdir", str(logdir),
+        "--regularizer", "l2-anchor=0.01", *SMALL,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     logdir = tmp_path_factory.mktemp("runs")
-    result = metarl(
-        "train",
-        "--env",
-        "navigation-2d",
-        "--iterations",
-        "3",
-        "--seed",
-        "7",
-        "--logdir",
-        str(logdir),
-        "--regularizer",
-        "l2-anchor=0.01",
-        *SMALL,
-    )
+    result = _train_seed_7(logdir)
     assert result.returncode == 0, result.stderr
     (run,) = logdir.iterdir()
     return run
@@ -87,20 +81,7 @@ def test_checkpoint_loads_with_weights_only(run_dir):
 
 
 def test_same_seed_same_numbers(run_dir, tmp_path):
-    result = metarl(
-        "train",
-        "--env",
-        "navigation-2d",
-        "--iterations",
-        "3",
-        "--seed",
-        "7",
-        "--logdir",
-        str(tmp_path),
-        "--regularizer",
-        "l2-anchor=0.01",
-        *SMALL,
-    )
+    result = _train_seed_7(tmp_path)
     assert result.returncode == 0, result.stderr
     (other,) = tmp_path.iterdir()
     first = (run_dir / "progress.csv").read_text().splitlines()

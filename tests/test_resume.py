@@ -50,6 +50,14 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
         assert torch.equal(value, _params(split, 6)[name]), name
 
 
+def _start_long_run(logdir: Path, checkpoint_every: str, stderr: int) -> subprocess.Popen:
+    """A small navigation run of many iterations in the background, to be interrupted."""
+    command = [sys.executable, "-m", "metarl", "train", "--env", "navigation-2d", "--iterations", "1000"]
+    return subprocess.Popen(
+        [*command, "--logdir", str(logdir), *SMALL, "--set", checkpoint_every], stderr=stderr, text=True
+    )
+
+
 def test_sigterm_stops_with_checkpoint_and_resume_hint(tmp_path):
     process = subprocess.Popen(
         [
@@ -84,24 +92,7 @@ def test_sigterm_stops_with_checkpoint_and_resume_hint(tmp_path):
 
 
 def test_sigkill_never_leaves_a_partial_checkpoint(tmp_path):
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "metarl",
-            "train",
-            "--env",
-            "navigation-2d",
-            "--iterations",
-            "1000",
-            "--logdir",
-            str(tmp_path),
-            *SMALL,
-            "--set",
-            "checkpoint_every=1",
-        ],
-        stderr=subprocess.DEVNULL,
-    )
+    process = _start_long_run(tmp_path, "checkpoint_every=1", stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and len(list(tmp_path.glob("*/checkpoints/iter-*.pt"))) < 3:
         time.sleep(0.05)

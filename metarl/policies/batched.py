@@ -68,6 +68,11 @@ def log_probs(policy: nn.Module, params: Params, obs: torch.Tensor, actions: tor
     return _vmapped(lambda p, o, a: distribution(policy, p, o).log_prob(a))(params, obs, actions)
 
 
+def policy_entropy(policy: nn.Module, params: Params, obs: torch.Tensor) -> torch.Tensor:
+    """Entropy of π(·|s) for each task's parameters, shaped like `obs` without its last dim."""
+    return _vmapped(lambda p, o: distribution(policy, p, o).entropy())(params, obs)
+
+
 def _kl(p: Distribution, q: Distribution) -> torch.Tensor:
     if isinstance(p, Categorical) and isinstance(q, Categorical):
         # torch's rule writes through boolean masks, which vmap cannot batch

@@ -48,12 +48,17 @@ def _mlp(in_dim: int, hidden_sizes: Sequence[int], activation: str) -> tuple[nn.
         raise ValueError(f"unknown activation {activation!r}; allowed: {', '.join(_ACTIVATIONS)}")
     layers: list[nn.Module] = []
     for size in hidden_sizes:
-        linear = nn.Linear(in_dim, size)
-        nn.init.xavier_uniform_(linear.weight)
-        nn.init.zeros_(linear.bias)
-        layers += [linear, _ACTIVATIONS[activation]()]
+        layers += [_linear(in_dim, size), _ACTIVATIONS[activation]()]
         in_dim = size
     return nn.Sequential(*layers), in_dim
+
+
+def _linear(in_dim: int, out_dim: int) -> nn.Linear:
+    """A linear layer with Xavier-uniform weights and zero biases (as the MAML reference policies)."""
+    linear = nn.Linear(in_dim, out_dim)
+    nn.init.xavier_uniform_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    return linear
 
 
 class GaussianMLP(nn.Module):
@@ -73,9 +78,7 @@ class GaussianMLP(nn.Module):
             raise TypeError(f"gaussian-mlp needs a Box action space, got {action_space!r}")
         self.action_shape = action_space.shape
         self.trunk, width = _mlp(observation_dim(observation_space), hidden_sizes, activation)
-        self.mean = nn.Linear(width, int(np.prod(action_space.shape)))
-        nn.init.xavier_uniform_(self.mean.weight)
-        nn.init.zeros_(self.mean.bias)
+        self.mean = _linear(width, int(np.prod(action_space.shape)))
         self.log_std = nn.Parameter(torch.full((int(np.prod(action_space.shape)),), math.log(init_std)))
         self.min_log_std = math.log(min_std)
 
@@ -99,9 +102,7 @@ class CategoricalMLP(nn.Module):
         if not isinstance(action_space, gym.spaces.Discrete):
             raise TypeError(f"categorical-mlp needs a Discrete action space, got {action_space!r}")
         self.trunk, width = _mlp(observation_dim(observation_space), hidden_sizes, activation)
-        self.logits = nn.Linear(width, int(action_space.n))
-        nn.init.xavier_uniform_(self.logits.weight)
-        nn.init.zeros_(self.logits.bias)
+        self.logits = _linear(width, int(action_space.n))
 
     def forward(self, obs: torch.Tensor) -> Distribution:
         return Categorical(logits=self.logits(self.trunk(obs)))

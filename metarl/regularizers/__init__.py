@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from metarl.regularizers.adapted import Consistency, Entropy, KLPrior
 from metarl.regularizers.base import Regularizer, RegularizerContext
 
-__all__ = ["L2Anchor", "Regularizer", "RegularizerContext"]
+__all__ = ["Consistency", "Entropy", "KLPrior", "L2Anchor", "Regularizer", "RegularizerContext"]
 
 
 class L2Anchor(Regularizer):

@@ -1,0 +1,334 @@
+"""`metarl sweep`: one `metarl train` run per (β, seed), β chosen by validation return after adaptation.
+
+Every run is a child process writing an ordinary run directory. Each final policy is then adapted on
+the same validation tasks (the VALIDATION_STREAM of the first seed); the β with the highest mean over
+seeds is chosen, and only its runs are evaluated on the test tasks (TEST_STREAM), which took no part
+in the choice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from metarl.errors import MetarlError
+
+if TYPE_CHECKING:
+    from metarl.evaluation import AdaptationResult
+    from metarl.trainer import Trainer
+
+# Config keys the sweep sets itself for every run.
+RESERVED_KEYS = {
+    "env": "--env",
+    "seed": "--seeds",
+    "regularizers": "--regularizer and --weights",
+    "iterations": "--iterations",
+}
+OUTPUTS = ("validation.csv", "validation.png", "test.csv", "sweep.json")
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One training run of the sweep; its run directory is the one folder `metarl train` makes in `logdir`."""
+
+    weight: float
+    seed: int
+    sweep_dir: Path
+
+    @property
+    def label(self) -> str:
+        return f"w={self.weight:g}-s={self.seed}"
+
+    @property
+    def logdir(self) -> Path:
+        return self.sweep_dir / self.label
+
+
+@dataclass
+class Validation:
+    """Validation return after adaptation of each weight (rows) and seed (columns)."""
+
+    weights: list[float]
+    seeds: list[int]
+    returns: list[list[float]]
+
+    @property
+    def means(self) -> list[float]:
+        return [sum(row) / len(row) for row in self.returns]
+
+    @property
+    def stds(self) -> list[float]:
+        """Sample standard deviation across seeds (NaN with one seed)."""
+        return [
+            math.sqrt(sum((v - m) ** 2 for v in row) / (len(row) - 1)) if len(row) > 1 else math.nan
+            for row, m in zip(self.returns, self.means)
+        ]
+
+    @property
+    def chosen(self) -> float:
+        """The weight with the highest mean; ties go to the smaller weight."""
+        means = self.means
+        return self.weights[means.index(max(means))]
+
+    def table(self) -> tuple[list[str], list[list[float]]]:
+        """Header and rows of validation.csv."""
+        header = ["weight", "validation_mean", "validation_std", *(f"seed_{s}" for s in self.seeds)]
+        return header, [[w, m, s, *r] for w, m, s, r in zip(self.weights, self.means, self.stds, self.returns)]
+
+
+def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the `sweep` command to the CLI's subparsers."""
+    sweep = subparsers.add_parser("sweep", help="train one run per regularizer weight and seed, choose the weight")
+    sweep.add_argument("--env", required=True, help="task family (see `metarl list envs`)")
+    sweep.add_argument("--regularizer", required=True, metavar="NAME", help="regularizer whose weight β is swept")
+    sweep.add_argument("--weights", required=True, metavar="W1,W2,...", help="the values of β, comma-separated")
+    sweep.add_argument("--iterations", type=int, help="meta-iterations per run (default: the config's)")
+    sweep.add_argument("--seeds", default="0", metavar="S1,S2,...", help="seeds, comma-separated (default 0)")
+    sweep.add_argument("--logdir", type=Path, default=Path("runs"), help="parent of the sweep directory")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    sweep.add_argument("--jobs", type=int, help="runs trained at once (default: number of CPU cores)")
+    sweep.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return sweep
+
+
+def parse_list(text: str, parse: type, what: str) -> list:
+    """A comma-separated list of distinct values, sorted."""
+    try:
+        values = [parse(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise MetarlError(f"{what} must be comma-separated {parse.__name__} values, got {text!r}") from None
+    if not values:
+        raise MetarlError(f"{what} is empty")
+    if len(set(values)) != len(values):
+        raise MetarlError(f"{what} lists a value twice: {text!r}")
+    if not all(math.isfinite(v) for v in values):
+        raise MetarlError(f"{what} must be finite, got {text!r}")
+    return sorted(values)
+
+
+def _check_args(args: argparse.Namespace) -> tuple[list[float], list[int], int]:
+    """Weights, seeds and jobs; names and `--set` are checked before any run starts."""
+    from metarl import registry
+    from metarl.config import build_config, parse_set
+
+    weights = parse_list(args.weights, float, "--weights")
+    seeds = parse_list(args.seeds, int, "--seeds")
+    if any(s < 0 for s in seeds):
+        raise MetarlError(f"--seeds must be non-negative, got {args.seeds!r}")
+    jobs = (os.cpu_count() or 1) if args.jobs is None else args.jobs
+    if jobs <= 0:
+        raise MetarlError(f"--jobs must be a positive integer, got {jobs}")
+    if args.iterations is not None and args.iterations <= 0:
+        raise MetarlError(f"--iterations must be a positive integer, got {args.iterations}")
+    overrides = parse_set(args.set)
+    for key, flag in RESERVED_KEYS.items():
+        if key in overrides:
+            raise MetarlError(f"--set {key} is not allowed in a sweep: use {flag}")
+    build_config(overrides, origins=["--set"])
+    registry.envs.load(args.env)
+    registry.regularizers.load(args.regularizer)
+    return weights, seeds, jobs
+
+
+def _new_sweep_dir(logdir: Path, env: str, regularizer: str) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    try:
+        logdir.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f"sweep-{env}-{regularizer}-{stamp}-", dir=logdir))
+    except OSError as exc:
+        raise MetarlError(f"cannot create a sweep directory under {str(logdir)!r}: {exc.strerror or exc}") from None
+
+
+def _train_command(args: argparse.Namespace, run: SweepRun) -> list[str]:
+    command = [sys.executable, "-m", "metarl", "train", "--env", args.env, "--no-progress"]
+    command += ["--regularizer", f"{args.regularizer}={run.weight!r}", "--seed", str(run.seed)]
+    command += ["--logdir", str(run.logdir)]
+    if args.iterations is not None:
+        command += ["--iterations", str(args.iterations)]
+    for item in args.set:
+        command += ["--set", item]
+    return command
+
+
+def _error_line(log: Path) -> str:
+    """The child's one-line error, else its last line of output."""
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("metarl: ") and "error" in line]
+    return (errors or lines or ["(no output)"])[-1]
+
+
+def _train_one(command: list[str], run: SweepRun, env: dict[str, str]) -> str | None:
+    """Run one child to completion (output in `logdir/train.log`); None, or what went wrong."""
+    run.logdir.mkdir(parents=True)
+    log = run.logdir / "train.log"
+    start = time.perf_counter()
+    with log.open("w") as out:
+        returncode = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+    if returncode != 0:
+        return f"run {run.label} failed (exit code {returncode}): {_error_line(log)} (log: {log})"
+    print(f"sweep: {run.label} trained in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    return None
+
+
+def train_runs(args: argparse.Namespace, runs: list[SweepRun], jobs: int) -> None:
+    """Train `runs`, `jobs` at a time; after a failure no further run starts, and the error names it."""
+    env = dict(os.environ)
+    # `jobs` processes share the cores: without a limit each torch would start one thread per core
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(_train_one, _train_command(args, run), run, env) for run in runs]
+        try:
+            for future in as_completed(futures):
+                if future.result() is not None:
+                    break  # start no further run; those running finish
+        finally:
+            for future in futures:
+                future.cancel()
+    failures = [f.result() for f in futures if not f.cancelled() and f.result() is not None]
+    if failures:
+        raise MetarlError("sweep stopped: " + "\n".join(failures))
+
+
+def load_final(run: SweepRun) -> Trainer:
+    """The trainer of a finished run with its last checkpoint loaded."""
+    from metarl.checkpoint import load_checkpoint, select_checkpoint
+    from metarl.trainer import trainer_from_run
+
+    run_dirs = [d for d in run.logdir.iterdir() if d.is_dir()]
+    if len(run_dirs) != 1:
+        raise MetarlError(f"run {run.label}: expected one run directory in {str(run.logdir)!r}, found {len(run_dirs)}")
+    return trainer_from_run(run_dirs[0], load_checkpoint(select_checkpoint(run_dirs[0], "last")))
+
+
+def adaptation_returns(trainer: Trainer, tasks: list[dict[str, Any]], seed: int) -> AdaptationResult:
+    """Returns after 0..num_inner_steps steps on `tasks`, with the same env seeds and action noise for every run."""
+    import torch
+
+    from metarl.evaluation import evaluate_adaptation
+
+    c = trainer.config
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return evaluate_adaptation(
+            trainer.policy, trainer.family, c, tasks, c.num_inner_steps, c.fast_batch_size, seed, trainer.device
+        )
+
+
+def _csv(header: list[str], rows: list[list[Any]]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue().encode()
+
+
+def plot_validation(
+    weights: list[float], means: list[float], stds: list[float], chosen: float, title: str, path: Path
+) -> None:
+    """Mean validation return against β, error bars one standard deviation across seeds; log-x when all β > 0."""
+    from metarl.plotting import new_figure, save_figure
+
+    plt = new_figure()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    yerr = stds if all(math.isfinite(s) for s in stds) else None
+    ax.errorbar(weights, means, yerr=yerr, marker="o", capsize=3)
+    ax.axvline(chosen, color="gray", linestyle="--", label=f"chosen β = {chosen:g}")
+    if all(w > 0 for w in weights):
+        ax.set_xscale("log")
+    ax.set_xlabel("regularizer weight β")
+    ax.set_ylabel("validation return after adaptation")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def validate(trainers: dict[SweepRun, Trainer], weights: list[float], seeds: list[int]) -> Validation:
+    """Every final policy adapted on the same validation tasks, drawn from the first seed's VALIDATION_STREAM."""
+    from metarl.evaluation import VALIDATION_STREAM, held_out_rng
+
+    first = next(iter(trainers.values()))
+    tasks = first.family.sample_tasks(first.config.eval_tasks, held_out_rng(seeds[0], VALIDATION_STREAM))
+    returns = {run: float(adaptation_returns(t, tasks, seeds[0]).returns[:, -1].mean()) for run, t in trainers.items()}
+    return Validation(weights, seeds, [[returns[r] for r in trainers if r.weight == w] for w in weights])
+
+
+def evaluate_test(trainers: dict[SweepRun, Trainer], seed: int) -> list[dict[str, Any]]:
+    """Returns before and after adaptation of `trainers` on the test tasks of `seed`'s TEST_STREAM."""
+    from metarl.evaluation import TEST_STREAM, held_out_rng
+
+    first = next(iter(trainers.values()))
+    tasks = first.family.sample_tasks(first.config.eval_tasks, held_out_rng(seed, TEST_STREAM))
+    rows = []
+    for run, trainer in trainers.items():
+        mean = adaptation_returns(trainer, tasks, seed).returns.mean(0)
+        rows.append(
+            {
+                "seed": run.seed,
+                "run_dir": str(trainer.run_dir),
+                "return_before_adaptation": float(mean[0]),
+                "return_after_adaptation": float(mean[-1]),
+            }
+        )
+    return rows
+
+
+def _print_validation(validation: Validation, num_tasks: int) -> None:
+    seeds = ", ".join(map(str, validation.seeds))
+    print(f"validation return after adaptation ({num_tasks} tasks; mean and std over seeds {seeds}):")
+    print(f"{'weight':>12}  {'mean':>10}  {'std':>8}")
+    for w, m, s in zip(validation.weights, validation.means, validation.stds):
+        print(f"{w:>12g}  {m:>10.2f}  {s:>8.2f}{'  <- chosen' if w == validation.chosen else ''}")
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    """`metarl sweep`: train, validate, choose β, test; every output goes into a new sweep directory."""
+    from metarl.checkpoint import atomic_write
+
+    weights, seeds, jobs = _check_args(args)
+    sweep_dir = _new_sweep_dir(args.logdir, args.env, args.regularizer)
+    runs = [SweepRun(w, s, sweep_dir) for w in weights for s in seeds]
+    print(f"sweep directory: {sweep_dir} ({len(runs)} runs, {min(jobs, len(runs))} at a time)", file=sys.stderr)
+    train_runs(args, runs, jobs)
+    trainers = {run: load_final(run) for run in runs}
+    num_tasks = trainers[runs[0]].config.eval_tasks
+
+    validation = validate(trainers, weights, seeds)
+    chosen = validation.chosen
+    atomic_write(sweep_dir / "validation.csv", _csv(*validation.table()))
+    title = f"{args.env}: {args.regularizer}, {num_tasks} validation tasks"
+    plot_validation(weights, validation.means, validation.stds, chosen, title, sweep_dir / "validation.png")
+    _print_validation(validation, num_tasks)
+
+    tested = evaluate_test({run: t for run, t in trainers.items() if run.weight == chosen}, seeds[0])
+    atomic_write(sweep_dir / "test.csv", _csv(list(tested[0]), [list(row.values()) for row in tested]))
+    test_mean = sum(row["return_after_adaptation"] for row in tested) / len(tested)
+    summary = {
+        "env": args.env,
+        "regularizer": args.regularizer,
+        "chosen_weight": chosen,
+        "validation": [
+            {"weight": w, "mean": m, "std": s if math.isfinite(s) else None, "returns": dict(zip(seeds, r))}
+            for w, m, s, r in zip(weights, validation.means, validation.stds, validation.returns)
+        ],
+        "test": {"tasks": num_tasks, "mean_return_after_adaptation": test_mean, "runs": tested},
+        "run_dirs": {run.label: str(t.run_dir) for run, t in trainers.items()},
+    }
+    atomic_write(sweep_dir / "sweep.json", json.dumps(summary, indent=2).encode())
+    print(f"chosen β = {chosen:g}: mean test return after adaptation {test_mean:.2f}, {num_tasks} tasks")
+    print("wrote " + ", ".join(str(sweep_dir / name) for name in OUTPUTS))
+    return 0

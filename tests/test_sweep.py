@@ -1,0 +1,96 @@
+"""`metarl sweep`: real `metarl train` children, β chosen by validation, the chosen runs tested."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+import yaml
+
+from metarl.errors import MetarlError, UnknownNameError
+from metarl.sweep import add_sweep_parser, run_sweep
+
+TINY = ["--iterations", "1", "--set", "meta_batch_size=2", "--set", "fast_batch_size=2", "--set", "horizon=5"]
+
+
+def sweep_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="metarl")
+    add_sweep_parser(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["sweep", *argv])
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_sweep_chooses_the_best_validation_weight_and_tests_it(tmp_path: Path, capsys) -> None:
+    args = sweep_args(
+        "--env", "navigation-2d", "--regularizer", "entropy", "--weights", "0.1,0", "--seeds", "3",
+        "--logdir", str(tmp_path), "--jobs", "2", "--set", "eval_tasks=4", *TINY,
+    )  # fmt: skip
+    assert run_sweep(args) == 0
+    (sweep_dir,) = tmp_path.iterdir()
+    assert sweep_dir.name.startswith("sweep-navigation-2d-entropy-")
+
+    for weight in (0.0, 0.1):
+        logdir = sweep_dir / f"w={weight:g}-s=3"
+        (run_dir,) = [d for d in logdir.iterdir() if d.is_dir()]
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert config["regularizers"] == {"entropy": weight} and config["seed"] == 3 and config["horizon"] == 5
+        assert list((run_dir / "checkpoints").glob("iter-000001.pt"))
+
+    table = read_csv(sweep_dir / "validation.csv")
+    assert [float(row["weight"]) for row in table] == [0.0, 0.1]
+    assert all(row["seed_3"] == row["validation_mean"] for row in table)
+    best = max(table, key=lambda row: float(row["validation_mean"]))
+    summary = json.loads((sweep_dir / "sweep.json").read_text())
+    assert summary["chosen_weight"] == float(best["weight"])
+    assert matplotlib.image.imread(sweep_dir / "validation.png").ndim == 3
+
+    (tested,) = read_csv(sweep_dir / "test.csv")
+    assert tested["seed"] == "3" and f"w={summary['chosen_weight']:g}-s=3" in tested["run_dir"]
+    assert float(tested["return_after_adaptation"]) == summary["test"]["mean_return_after_adaptation"]
+    assert float(tested["return_after_adaptation"]) != float(best["validation_mean"]), "test tasks ≠ validation tasks"
+    assert not list(sweep_dir.rglob("*.tmp"))
+    out = capsys.readouterr().out
+    assert f"chosen β = {summary['chosen_weight']:g}" in out and "<- chosen" in out
+
+
+def test_a_failing_run_stops_the_sweep_naming_it(tmp_path: Path) -> None:
+    # consistency needs two tasks per meta-batch: the child fails at its first iteration
+    args = sweep_args(
+        "--env", "navigation-2d", "--regularizer", "consistency", "--weights", "1", "--logdir", str(tmp_path),
+        *TINY, "--set", "meta_batch_size=1",
+    )  # fmt: skip
+    with pytest.raises(MetarlError) as info:
+        run_sweep(args)
+    message = str(info.value)
+    assert "run w=1-s=0 failed (exit code 2)" in message
+    assert "metarl: error: regularizer 'consistency' needs meta_batch_size >= 2" in message
+    (sweep_dir,) = tmp_path.iterdir()
+    assert not (sweep_dir / "validation.csv").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, error, fragment",
+    [
+        (["--weights", "0.1,x"], MetarlError, "--weights must be comma-separated float values"),
+        (["--weights", "0.1,0.1"], MetarlError, "lists a value twice"),
+        (["--weights", "0.1", "--seeds", "1.5"], MetarlError, "--seeds must be comma-separated int values"),
+        (["--weights", "0.1", "--set", "seed=1"], MetarlError, "use --seeds"),
+        (["--weights", "0.1", "--set", "meta_batch_size=0"], MetarlError, "meta_batch_size"),
+        (["--weights", "0.1", "--jobs", "0"], MetarlError, "--jobs"),
+        (["--weights", "0.1", "--regularizer", "entrpy"], UnknownNameError, "entropy"),
+    ],
+)
+def test_bad_arguments_fail_before_any_run(tmp_path: Path, argv: list[str], error: type, fragment: str) -> None:
+    args = sweep_args("--env", "navigation-2d", "--regularizer", "entropy", "--logdir", str(tmp_path), *argv)
+    with pytest.raises(error) as info:
+        run_sweep(args)
+    assert fragment in str(info.value)
+    assert not list(tmp_path.iterdir())
