@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--logdir", type=Path, default=Path("runs"), help="parent of the run directory")
     train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its newest checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--nproc",
+        type=_positive,
+        metavar="N",
+        help="train in N local processes, the meta-batch split across them (torchrun; gloo on CPU, nccl on GPU)",
+    )
     train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     evaluate = sub.add_parser("evaluate", help="returns after 0..K inner steps on held-out tasks")
@@ -182,7 +188,11 @@ def _stop_on_signals(trainer: Trainer) -> Iterator[list[int]]:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from metarl import distributed
     from metarl.trainer import Trainer, resume_trainer
+
+    if args.nproc is not None and args.nproc > 1 and not distributed.launched():
+        distributed.relaunch(args.nproc, args.argv)  # replaces this process; the workers see torchrun's env
 
     if args.resume is not None:
         trainer = resume_trainer(args.resume, _warn)
@@ -194,19 +204,23 @@ def _train(args: argparse.Namespace) -> int:
         trainer = Trainer(config)
         iterations = config.iterations
         trainer.start_run(args.logdir)
-    print(f"run directory: {trainer.run_dir}", file=sys.stderr)
-    bar, update = _progress(iterations, trainer.iteration, not args.no_progress)
+    reporting = distributed.is_main()  # under torchrun, only rank 0 has a run directory and reports
+    if reporting:
+        print(f"run directory: {trainer.run_dir}", file=sys.stderr)
+    bar, update = _progress(iterations, trainer.iteration, reporting and not args.no_progress)
     with _stop_on_signals(trainer) as received:
         try:
             history = trainer.train(iterations, on_iteration=update)
         finally:
             bar.close()
     if received:
-        path = trainer.save()
-        print(f"stopped at iteration {trainer.iteration}; checkpoint {path}", file=sys.stderr)
-        print(f"resume with: metarl train --resume {trainer.run_dir}", file=sys.stderr)
+        if reporting:
+            path = trainer.save()
+            nproc = f" --nproc {distributed.world_size()}" if distributed.world_size() > 1 else ""
+            print(f"stopped at iteration {trainer.iteration}; checkpoint {path}", file=sys.stderr)
+            print(f"resume with: metarl train --resume {trainer.run_dir}{nproc}", file=sys.stderr)
         return 128 + received[0]
-    if history:
+    if history and reporting:
         last = history[-1]
         print(
             f"iteration {trainer.iteration}: return before adaptation {last['return/before_adaptation']:.2f}, "
@@ -347,7 +361,9 @@ def _list(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `metarl` console script."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
+    args.argv = argv  # `train --nproc N` relaunches itself with the same arguments
     try:
         commands = {
             "train": _train,

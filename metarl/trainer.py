@@ -17,7 +17,7 @@ import torch
 import yaml
 from torch import nn
 
-from metarl import __version__, registry
+from metarl import __version__, distributed, registry
 from metarl.algos.maml_trpo import MAMLTRPO
 from metarl.checkpoint import (
     atomic_write,
@@ -114,9 +114,21 @@ def seed_everything(seed: int) -> np.random.Generator:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The configured device; under torchrun, joins the process group (each rank on its own GPU)."""
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} requested but torch.cuda.is_available() is False; use --device cpu")
-    return torch.device(name)
+    return distributed.init_from_env(torch.device(name))
+
+
+def seed_rank(seed: int, iteration: int) -> None:
+    """Seed torch (action sampling) for this rank and iteration, when training across processes.
+
+    Each rank samples its own actions, and a resumed run repeats the uninterrupted one exactly because
+    the stream depends only on (seed, rank, iteration). One process keeps its single seeded stream.
+    """
+    if distributed.world_size() > 1:
+        entropy = np.random.SeedSequence([seed, distributed.rank(), iteration]).generate_state(1)[0]
+        torch.manual_seed(int(entropy))
 
 
 def new_run_dir(logdir: Path, config: Config) -> Path:
@@ -138,7 +150,11 @@ def new_run_dir(logdir: Path, config: Config) -> Path:
 
 
 class Trainer:
-    """Owns everything of one run; `train` runs meta-iterations with logging and checkpoints."""
+    """Owns everything of one run; `train` runs meta-iterations with logging and checkpoints.
+
+    Under torchrun every rank builds the same Trainer; only rank 0 (`distributed.is_main()`) has a
+    run directory, so only it logs, validates and writes checkpoints.
+    """
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -157,8 +173,10 @@ class Trainer:
         #: set (e.g. by a signal handler) to stop after the iteration in progress
         self.stop_requested = False
 
-    def start_run(self, logdir: Path) -> Path:
-        """Create the run directory and write the resolved config into it."""
+    def start_run(self, logdir: Path) -> Path | None:
+        """Create the run directory and write the resolved config into it (rank 0 only; None elsewhere)."""
+        if not distributed.is_main():
+            return None
         self.run_dir = new_run_dir(logdir, self.config)
         atomic_write(self.run_dir / CONFIG_FILE, yaml.safe_dump(self.config.to_dict(), sort_keys=False).encode())
         return self.run_dir
@@ -198,7 +216,10 @@ class Trainer:
         return save_checkpoint(checkpoint_path(self.run_dir, self.iteration), self.iteration, self.state())
 
     def validate(self) -> float:
-        """Mean return after adaptation on the fixed validation tasks (training RNG streams untouched)."""
+        """Mean return after adaptation on the fixed validation tasks (training RNG streams untouched).
+
+        Runs in this process alone, on all validation tasks; under torchrun, on rank 0 only.
+        """
         with torch.random.fork_rng(devices=[]):
             result = evaluate_adaptation(
                 self.policy,
@@ -217,19 +238,23 @@ class Trainer:
     ) -> list[dict[str, float]]:
         """Run meta-iterations until `iterations` are done or a stop is requested.
 
-        Logs and checkpoints when a run directory is set. Updates refused for non-finite values are
-        counted; `max_nonfinite_updates` in a row stop the run with a MetarlError.
+        Logs and checkpoints when a run directory is set; validates in rank 0 (or the only process).
+        Updates refused for non-finite values are counted; `max_nonfinite_updates` in a row stop the
+        run with a MetarlError. Across processes, θ starts from rank 0's, and a stop asked of any
+        rank stops all of them after the iteration.
         """
         logger = RunLogger(self.run_dir, self.config.to_dict(), SUMMARY_TAGS) if self.run_dir else None
         history, start, refused_in_a_row = [], time.perf_counter(), 0
+        distributed.broadcast_module(self.policy)
         try:
-            while self.iteration < iterations and not self.stop_requested:
+            while self.iteration < iterations and not distributed.any_rank(self.stop_requested):
+                seed_rank(self.config.seed, self.iteration)
                 metrics = self.learner.step(self.rng)
                 self.iteration += 1
                 metrics["perf/wall_time_s"] = time.perf_counter() - start
                 refused_in_a_row = refused_in_a_row + 1 if metrics["train/non_finite"] else 0
                 every = self.config.eval_every
-                validated = bool(every) and self.iteration % every == 0
+                validated = distributed.is_main() and bool(every) and self.iteration % every == 0
                 metrics[VALIDATION_TAG] = self.validate() if validated else math.nan
                 improved = validated and metrics[VALIDATION_TAG] > self.best_validation
                 if improved:
@@ -266,9 +291,9 @@ def load_run_config(run_dir: Path) -> Config:
 
 
 def trainer_from_run(run_dir: Path, state: dict[str, Any]) -> Trainer:
-    """The trainer of `run_dir` with a checkpoint's state loaded."""
+    """The trainer of `run_dir` with a checkpoint's state loaded (every rank loads it; rank 0 writes)."""
     trainer = Trainer(load_run_config(run_dir))
-    trainer.run_dir = run_dir
+    trainer.run_dir = run_dir if distributed.is_main() else None
     trainer.load_state(state)
     return trainer
 

@@ -23,7 +23,7 @@ from gymnasium.envs.mujoco.hopper_v5 import HopperEnv
 from gymnasium.envs.mujoco.walker2d_v5 import Walker2dEnv
 from mujoco import rollout
 
-from metarl.sampling.vector_env import VectorTaskEnv
+from metarl.sampling.vector_env import VectorTaskEnv, step_to_device, to_device
 from metarl_envs.mujoco.base import TaskMujocoEnv
 
 FULLPHYSICS = mujoco.mjtState.mjSTATE_FULLPHYSICS.value
@@ -112,20 +112,17 @@ class MujocoVectorEnv(VectorTaskEnv):
         self._qpos = slice(start, start + model.nq)
         self._qvel = slice(start + model.nq, start + model.nq + model.nv)
         self._done = np.zeros(len(self._models), dtype=bool)
-        nthread = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        # under torchrun the local processes share the cores
+        nthread = max(cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
         self._step = stepper or make_stepper(model, first.frame_skip, nthread)
         # The v5 env's reward and termination settings, shared by all tasks of a family.
         self._healthy_reward = getattr(first, "_healthy_reward", 0.0)
         self._terminates = getattr(first, "_terminate_when_unhealthy", False)
         self._ctrl_cost_weight = first._ctrl_cost_weight
 
-    def _tensor(self, array: np.ndarray) -> torch.Tensor:
-        shape = (self.num_tasks, self.episodes_per_task, *array.shape[1:])
-        return torch.from_numpy(array.reshape(shape)).to(self.device)
-
-    def _observations(self) -> torch.Tensor:
-        obs = observations(self.envs[0], self._state[:, self._qpos], self._state[:, self._qvel])
-        return self._tensor(obs.astype(np.float32))
+    def _observations(self) -> np.ndarray:
+        return observations(self.envs[0], self._state[:, self._qpos], self._state[:, self._qvel])
 
     def reset(self, seed: int) -> torch.Tensor:
         self._done[:] = False
@@ -133,7 +130,8 @@ class MujocoVectorEnv(VectorTaskEnv):
             env = self.envs[i // self.episodes_per_task]
             env.reset(seed=seed + i)
             mujoco.mj_getState(env.model, env.data, self._state[i], FULLPHYSICS)
-        return self._observations()
+        obs = self._observations().astype(np.float32)
+        return to_device(obs.reshape(self.num_tasks, self.episodes_per_task, -1), self.device)
 
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         space = self.action_space
@@ -151,4 +149,5 @@ class MujocoVectorEnv(VectorTaskEnv):
         )
         reward = reward + is_healthy * self._healthy_reward - self._ctrl_cost_weight * np.square(action).sum(axis=1)
         self._done |= ~is_healthy & self._terminates
-        return self._observations(), self._tensor(reward.astype(np.float32)), self._tensor(self._done.copy())
+        shape = (self.num_tasks, self.episodes_per_task)
+        return step_to_device(self._observations(), reward, self._done, shape, self.device)

@@ -2,7 +2,8 @@
 
 `VectorTaskEnv` is the interface of a family's batched fast path (tensors in, tensors out, on the
 run's device). `GymVectorTaskEnv` is the generic path over `TaskDistribution.make_env`, which every
-family, third-party ones included, supports.
+family, third-party ones included, supports. Envs that step on the host use `to_device` and
+`step_to_device`: one host→device copy per time step for the whole meta-batch.
 """
 
 from __future__ import annotations
@@ -49,6 +50,26 @@ def check_spaces(observation_space: gym.Space, action_space: gym.Space, where: s
             raise PluginError(f"{where}: unsupported {role} space {space!r}; metarl supports Box and Discrete")
 
 
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """One copy of a host array to `device`; asynchronous from pinned memory when it is a GPU."""
+    tensor = torch.from_numpy(array)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def step_to_device(
+    observations: np.ndarray, rewards: np.ndarray, dones: np.ndarray, shape: tuple[int, int], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A step's [N, obs_dim] observations, [N] rewards and [N] dones, packed into one float32 array
+    for a single copy to `device`, returned shaped [*shape, obs_dim], [*shape] and [*shape]."""
+    packed = np.concatenate(
+        [observations.reshape(len(rewards), -1), rewards.reshape(-1, 1), dones.reshape(-1, 1)], axis=1, dtype=np.float32
+    )
+    step = to_device(packed, device).view(*shape, -1)
+    return step[..., :-2], step[..., -2], step[..., -1] > 0.5
+
+
 def _to_float(space: gym.Space, obs: np.ndarray) -> np.ndarray:
     if isinstance(space, gym.spaces.Discrete):
         return np.eye(int(space.n), dtype=np.float32)[int(obs) - int(space.start)]
@@ -77,14 +98,11 @@ class GymVectorTaskEnv(VectorTaskEnv):
         )
         self._done = np.zeros(len(self.envs), dtype=bool)
 
-    def _pack(self, rows: list[np.ndarray]) -> torch.Tensor:
-        array = np.stack(rows).reshape(self.num_tasks, self.episodes_per_task, self._obs_dim)
-        return torch.from_numpy(array).to(self.device)
-
     def reset(self, seed: int) -> torch.Tensor:
         self._done[:] = False
         rows = [_to_float(self.observation_space, env.reset(seed=seed + i)[0]) for i, env in enumerate(self.envs)]
-        return self._pack(rows)
+        array = np.stack(rows).reshape(self.num_tasks, self.episodes_per_task, self._obs_dim)
+        return to_device(array, self.device)
 
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         flat = actions.detach().cpu().numpy().reshape(len(self.envs), *self.action_space.shape)
@@ -101,11 +119,8 @@ class GymVectorTaskEnv(VectorTaskEnv):
             rows.append(_to_float(self.observation_space, obs))
             rewards[i] = reward
             self._done[i] = terminated or truncated
-        shape = (self.num_tasks, self.episodes_per_task)
-        return (
-            self._pack(rows),
-            torch.from_numpy(rewards.reshape(shape)).to(self.device),
-            torch.from_numpy(self._done.reshape(shape).copy()).to(self.device),
+        return step_to_device(
+            np.stack(rows), rewards, self._done, (self.num_tasks, self.episodes_per_task), self.device
         )
 
     def close(self) -> None:

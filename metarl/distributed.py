@@ -1,0 +1,140 @@
+"""Training across processes with torch.distributed: one process per rank, launched by torchrun.
+
+Outside torchrun (no WORLD_SIZE in the environment, or WORLD_SIZE=1) every helper is the identity:
+rank 0 of 1, sums over ranks return their input, and no process group exists.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from metarl.errors import ConfigError, MetarlError
+
+#: seconds a collective waits for the other ranks before this rank fails (a hung rank, not a dead one:
+#: torchrun stops the job as soon as a worker exits)
+TIMEOUT_ENV = "METARL_DIST_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 600.0
+
+
+def launched() -> bool:
+    """Whether this process is a worker of a multi-process torchrun job."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def is_main() -> bool:
+    """Whether this process writes logs and checkpoints (rank 0, or the only process)."""
+    return rank() == 0
+
+
+def init_from_env(device: torch.device) -> torch.device:
+    """Join the process group torchrun describes in the environment; return this rank's device.
+
+    gloo for CPU training, nccl for CUDA, where rank r uses GPU LOCAL_RANK. A no-op outside torchrun.
+    """
+    if not launched():
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not is_distributed():
+        timeout = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
+        atexit.register(_shutdown)
+    return device
+
+
+def _shutdown() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def _collective_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Elementwise sum of `tensor` over all ranks, detached (`tensor` itself when not distributed)."""
+    if not is_distributed():
+        return tensor
+    out = tensor.detach().to(_collective_device(), copy=True)
+    try:
+        dist.all_reduce(out)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MetarlError(
+            f"rank {rank()} of {world_size()}: all_reduce failed (another rank exited, or hung for longer than "
+            f"{TIMEOUT_ENV}): {first}"
+        ) from None
+    return out.to(tensor.device)
+
+
+def sum_over_ranks(values: list[float]) -> list[float]:
+    """Each value summed over all ranks (in float64)."""
+    if not is_distributed():
+        return list(values)
+    return all_reduce_sum(torch.tensor(values, dtype=torch.float64)).tolist()
+
+
+def all_ranks(flag: bool) -> bool:
+    """Whether `flag` holds on every rank."""
+    return sum_over_ranks([float(not flag)])[0] == 0
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether `flag` holds on at least one rank."""
+    return sum_over_ranks([float(flag)])[0] > 0
+
+
+def shard(num_items: int) -> slice:
+    """This rank's contiguous part of `num_items` items; the first `num_items % world_size` ranks get one more."""
+    size, r = world_size(), rank()
+    if num_items < size:
+        raise ConfigError(
+            f"cannot split {num_items} tasks across {size} processes: meta_batch_size must be at least {size}"
+        )
+    base, extra = divmod(num_items, size)
+    start = r * base + min(r, extra)
+    return slice(start, start + base + (r < extra))
+
+
+def broadcast_module(module: torch.nn.Module) -> None:
+    """Overwrite this rank's parameters and buffers with rank 0's."""
+    if not is_distributed():
+        return
+    for tensor in [*module.parameters(), *module.buffers()]:
+        dist.broadcast(tensor.data, src=0)
+
+
+def relaunch(nproc: int, argv: list[str]) -> None:
+    """Replace this process by torchrun running `python -m metarl ARGV` in `nproc` local processes.
+
+    ARGV's own `--nproc N` is left out: torchrun's parser would take it for an ambiguous abbreviation.
+    """
+    worker_args, skip = [], False
+    for arg in argv:
+        if not skip and arg != "--nproc" and not arg.startswith("--nproc="):
+            worker_args.append(arg)
+        skip = arg == "--nproc"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [*command, "-m", "metarl", *worker_args])
