@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from metarl.config import Config
     from metarl.trainer import Trainer
 
-LIST_GROUPS = ("envs", "policies", "regularizers")
+LIST_GROUPS = ("envs", "policies", "regularizers", "algorithms")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="meta-train a policy on a task family")
     train.add_argument("--env", help="task family (see `metarl list envs`)")
     train.add_argument("--config", type=Path, help="YAML file of config keys")
+    train.add_argument("--algo", help="meta-learner (see `metarl list algorithms`; default maml-trpo)")
     train.add_argument("--policy", help="policy name (default: from the action space)")
     train.add_argument(
         "--regularizer", action="append", default=[], metavar="NAME=WEIGHT", help="add β·R to the outer loss"
@@ -87,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_sweep_parser(sub)
 
-    listing = sub.add_parser("list", help="installed task families, policies and regularizers")
+    listing = sub.add_parser("list", help="installed task families, policies, regularizers and meta-learners")
     listing.add_argument("group", nargs="?", choices=LIST_GROUPS, help="one group only")
     listing.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
@@ -121,7 +122,7 @@ def _user_layers(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[s
     if args.config is not None:
         layers.append(load_yaml(args.config))
         origins.append(f"config file {str(args.config)!r}")
-    flags = {k: v for k, v in vars(args).items() if k in ("env", "policy", "iterations", "seed", "device")}
+    flags = {k: v for k, v in vars(args).items() if k in ("env", "algo", "policy", "iterations", "seed", "device")}
     flags = {k: v for k, v in flags.items() if v is not None}
     if args.regularizer:
         flags["regularizers"] = parse_weights(args.regularizer)
@@ -240,16 +241,14 @@ def _trainer_at_checkpoint(args: argparse.Namespace) -> Trainer:
 def _evaluate(args: argparse.Namespace) -> int:
     from torch.utils.tensorboard import SummaryWriter
 
-    from metarl.evaluation import TEST_STREAM, evaluate_adaptation, format_table, held_out_rng, write_evaluation
+    from metarl.evaluation import TEST_STREAM, format_table, held_out_rng, write_evaluation
 
     trainer = _trainer_at_checkpoint(args)
     config = trainer.config
     seed = config.seed if args.seed is None else args.seed
     tasks = trainer.family.sample_tasks(args.tasks, held_out_rng(seed, TEST_STREAM))
     episodes = args.episodes or config.fast_batch_size
-    result = evaluate_adaptation(
-        trainer.policy, trainer.family, config, tasks, args.steps, episodes, seed, trainer.device
-    )
+    result = trainer.evaluate(tasks, args.steps, episodes, seed)
     meta = {
         "env": config.env,
         "checkpoint": args.checkpoint,
@@ -298,7 +297,6 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _adapt(args: argparse.Namespace) -> int:
     import json
 
-    from metarl.evaluation import evaluate_adaptation
     from metarl.export import export_sb3
     from metarl.policies.batched import unstack
 
@@ -316,9 +314,7 @@ def _adapt(args: argparse.Namespace) -> int:
     except Exception as exc:
         raise MetarlError(f"env {config.env!r} cannot build task {args.task}: {type(exc).__name__}: {exc}") from None
     episodes = args.episodes or config.fast_batch_size
-    result = evaluate_adaptation(
-        trainer.policy, trainer.family, config, [task], args.steps, episodes, seed, trainer.device
-    )
+    result = trainer.evaluate([task], args.steps, episodes, seed)
     path = export_sb3(trainer.policy, unstack(result.adapted_params)[0], env, args.out)
     returns = ", ".join(f"{r:.2f}" for r in result.returns[0])
     print(f"return after 0..{args.steps} steps: {returns}; saved {path}")

@@ -51,6 +51,7 @@ def _weights(v: Any) -> bool:
 # key -> (check, what is allowed); the dataclass below holds the defaults.
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "env": (lambda v: isinstance(v, str) and bool(v), "a task-family name (see `metarl list envs`)"),
+    "algo": (lambda v: isinstance(v, str) and bool(v), "a meta-learner name (see `metarl list algorithms`)"),
     "env_kwargs": (lambda v: isinstance(v, dict), "a mapping of keyword arguments for the task family"),
     "policy": (
         lambda v: v is None or isinstance(v, str),
@@ -75,6 +76,15 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "cg_damping": (lambda v: _number(v) and v >= 0, "a non-negative number"),
     "ls_max_steps": (_positive_int, "a positive integer"),
     "ls_backtrack_ratio": (_open_unit_interval, "a number strictly between 0 and 1"),
+    "outer_lr": (_positive, "a positive number"),
+    "promp_steps": (_positive_int, "a positive integer"),
+    "clip_eps": (_open_unit_interval, "a number strictly between 0 and 1"),
+    "inner_kl_coef": (lambda v: _number(v) and v >= 0, "a non-negative number"),
+    "inner_kl_adaptive": (lambda v: isinstance(v, bool), "true or false"),
+    "inner_kl_target": (_positive, "a positive number"),
+    "lr_factor": (_open_unit_interval, "a number strictly between 0 and 1"),
+    "lr_patience": (_non_negative_int, "a non-negative integer"),
+    "exploration_weight": (_number, "a number"),
     "gamma": (_unit_interval, "a number in [0, 1]"),
     "gae_lambda": (_unit_interval, "a number in [0, 1]"),
     "normalize_advantages": (lambda v: isinstance(v, bool), "true or false"),
@@ -94,6 +104,7 @@ class Config:
     """Every hyperparameter of a run. Defaults follow the MAML paper's navigation setting."""
 
     env: str = "navigation-2d"
+    algo: str = "maml-trpo"
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     policy: str | None = None
     hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
@@ -109,6 +120,16 @@ class Config:
     cg_damping: float = 1e-5
     ls_max_steps: int = 15
     ls_backtrack_ratio: float = 0.8
+    # Adam outer step (promp, maml-vpg, meta-sgd, e-maml); ProMP's values follow its paper's config
+    outer_lr: float = 1e-3
+    promp_steps: int = 5
+    clip_eps: float = 0.3
+    inner_kl_coef: float = 5e-4
+    inner_kl_adaptive: bool = False
+    inner_kl_target: float = 0.01
+    lr_factor: float = 0.5
+    lr_patience: int = 10
+    exploration_weight: float = 1.0
     gamma: float = 0.99
     gae_lambda: float = 1.0
     normalize_advantages: bool = True

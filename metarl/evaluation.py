@@ -58,8 +58,12 @@ def evaluate_adaptation(
     episodes: int,
     seed: int,
     device: torch.device,
+    inner_lr: float | Params | None = None,
 ) -> AdaptationResult:
-    """Adapt to every task for `steps` inner steps (the run's inner lr), sampling `episodes` per step.
+    """Adapt to every task for `steps` inner steps, sampling `episodes` per step.
+
+    The step size is `inner_lr` (a number, or one tensor per parameter as Meta-SGD learns), by default
+    the config's.
 
     Step k's return is measured with the parameters after k steps, on the same episodes that the
     (k+1)-th step then adapts on, as in the MAML paper's evaluation.
@@ -78,7 +82,8 @@ def evaluate_adaptation(
                     compute_advantages(batch, config.gamma, config.gae_lambda, config.normalize_advantages)
                 )
                 leaf = {n: p.detach().requires_grad_() for n, p in params.items()}
-                params = detach(adapt_stacked(policy, leaf, batch, config.inner_lr, 1, first_order=True).params)
+                lr = config.inner_lr if inner_lr is None else inner_lr
+                params = detach(adapt_stacked(policy, leaf, batch, lr, 1, first_order=True).params)
     finally:
         env.close()
     return AdaptationResult(tasks, np.stack(returns, axis=1), params)

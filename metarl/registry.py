@@ -156,4 +156,12 @@ regularizers = Registry(
     _check_subclass("metarl.regularizers.base.Regularizer"),
 )
 
-REGISTRIES: dict[str, Registry] = {"envs": envs, "policies": policies, "regularizers": regularizers}
+
+algorithms = Registry("algorithm", "algorithms", "metarl.algorithms", _check_subclass("metarl.algos.base.MetaLearner"))
+
+REGISTRIES: dict[str, Registry] = {
+    "envs": envs,
+    "policies": policies,
+    "regularizers": regularizers,
+    "algorithms": algorithms,
+}

@@ -217,14 +217,10 @@ def adaptation_returns(trainer: Trainer, tasks: list[dict[str, Any]], seed: int)
     """Returns after 0..num_inner_steps steps on `tasks`, with the same env seeds and action noise for every run."""
     import torch
 
-    from metarl.evaluation import evaluate_adaptation
-
     c = trainer.config
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return evaluate_adaptation(
-            trainer.policy, trainer.family, c, tasks, c.num_inner_steps, c.fast_batch_size, seed, trainer.device
-        )
+        return trainer.evaluate(tasks, c.num_inner_steps, c.fast_batch_size, seed)
 
 
 def _csv(header: list[str], rows: list[list[Any]]) -> bytes:

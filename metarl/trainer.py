@@ -18,7 +18,7 @@ import yaml
 from torch import nn
 
 from metarl import __version__, distributed, registry
-from metarl.algos.maml_trpo import MAMLTRPO
+from metarl.algos.base import VALIDATION_METRIC
 from metarl.checkpoint import (
     atomic_write,
     best_checkpoint_path,
@@ -28,7 +28,7 @@ from metarl.checkpoint import (
 )
 from metarl.config import Config
 from metarl.errors import ConfigError, MetarlError, PluginError
-from metarl.evaluation import VALIDATION_STREAM, evaluate_adaptation, held_out_rng
+from metarl.evaluation import VALIDATION_STREAM, AdaptationResult, evaluate_adaptation, held_out_rng
 from metarl.logging import RunLogger
 from metarl.policies.mlp import default_policy_name
 from metarl.regularizers.base import Regularizer
@@ -36,7 +36,7 @@ from metarl.sampling.vector_env import check_spaces
 from metarl.tasks import TaskDistribution
 
 CONFIG_FILE = "config.yaml"
-VALIDATION_TAG = "validation/return_after_adaptation"
+VALIDATION_TAG = VALIDATION_METRIC
 SUMMARY_TAGS = ["return/before_adaptation", "return/after_adaptation", VALIDATION_TAG]
 
 
@@ -163,7 +163,15 @@ class Trainer:
         observation_space, action_space = probe_spaces(self.family, config.env)
         self.rng = seed_everything(config.seed)
         self.policy = make_policy(config, observation_space, action_space).to(self.device)
-        self.learner = MAMLTRPO(self.policy, self.family, config, make_regularizers(config), self.device)
+        self.learner = _construct(
+            registry.algorithms.load(config.algo),
+            f"algorithm {config.algo!r}",
+            self.policy,
+            self.family,
+            config,
+            make_regularizers(config),
+            self.device,
+        )
         self.iteration = 0
         self.run_dir: Path | None = None
         self.validation_tasks = self.family.sample_tasks(
@@ -192,6 +200,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "python_rng": random.getstate(),
             "best_validation": self.best_validation,
+            "learner": self.learner.state_dict(),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -209,11 +218,18 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["python_rng"])
         self.best_validation = float(state["best_validation"])
+        self.learner.load_state_dict(state["learner"])
         self.iteration = int(state["iteration"])
 
     def save(self) -> Path:
         assert self.run_dir is not None
         return save_checkpoint(checkpoint_path(self.run_dir, self.iteration), self.iteration, self.state())
+
+    def evaluate(self, tasks: list[dict[str, Any]], steps: int, episodes: int, seed: int) -> AdaptationResult:
+        """Adapt the current policy to `tasks` for 0..`steps` inner steps with the learner's step size."""
+        return evaluate_adaptation(
+            self.policy, self.family, self.config, tasks, steps, episodes, seed, self.device, self.learner.inner_lr
+        )
 
     def validate(self) -> float:
         """Mean return after adaptation on the fixed validation tasks (training RNG streams untouched).
@@ -221,15 +237,11 @@ class Trainer:
         Runs in this process alone, on all validation tasks; under torchrun, on rank 0 only.
         """
         with torch.random.fork_rng(devices=[]):
-            result = evaluate_adaptation(
-                self.policy,
-                self.family,
-                self.config,
+            result = self.evaluate(
                 self.validation_tasks,
                 self.config.num_inner_steps,
                 self.config.fast_batch_size,
                 seed=self.config.seed + self.iteration,
-                device=self.device,
             )
         return float(result.returns[:, -1].mean())
 
@@ -256,6 +268,7 @@ class Trainer:
                 every = self.config.eval_every
                 validated = distributed.is_main() and bool(every) and self.iteration % every == 0
                 metrics[VALIDATION_TAG] = self.validate() if validated else math.nan
+                self.learner.end_iteration(metrics)
                 improved = validated and metrics[VALIDATION_TAG] > self.best_validation
                 if improved:
                     self.best_validation = metrics[VALIDATION_TAG]

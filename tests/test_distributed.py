@@ -34,7 +34,7 @@ def _one_update(part: slice) -> tuple[dict[str, torch.Tensor], dict[str, float]]
     config = Config(inner_lr=0.1, max_kl=0.01, cg_iters=5, cg_damping=0.1)
     learner = MAMLTRPO(policy, family, config, {"l2-anchor": (L2Anchor(), 0.5)})
     params = dict(policy.named_parameters())
-    adaptation = learner._adapt(params, train, first_order=False)
+    adaptation = learner.adapt(params, train, first_order=False)
     old = detach(adaptation.params)
     batch = MetaBatch(train, train, old, log_probs(policy, old, train.observations, train.actions))
     metrics = learner._trpo_update(params, adaptation, batch)

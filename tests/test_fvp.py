@@ -39,7 +39,7 @@ def _setup(first_order: bool, num_inner_steps: int):
     generator = torch.Generator().manual_seed(0)
     train, valid = _episodes(generator), _episodes(generator)
     params = dict(policy.named_parameters())
-    adaptation = learner._adapt(params, train, first_order)
+    adaptation = learner.adapt(params, train, first_order)
     old = detach(adaptation.params)
     batch = MetaBatch(train, valid, old, log_probs(policy, old, valid.observations, valid.actions))
     return learner, params, adaptation, batch

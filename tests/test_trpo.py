@@ -33,7 +33,7 @@ def test_fisher_vector_product_is_hessian_of_quadratic():
 def _batch_for(policy, family, train, lr=0.1):
     learner = MAMLTRPO(policy, family, Config(inner_lr=lr, max_kl=0.01))
     params = dict(policy.named_parameters())
-    adaptation = learner._adapt(params, train, first_order=False)
+    adaptation = learner.adapt(params, train, first_order=False)
     valid = train  # the same states serve as validation data here
     old = detach(adaptation.params)
     batch = MetaBatch(train, valid, old, log_probs(policy, old, valid.observations, valid.actions))
@@ -49,7 +49,7 @@ def test_trpo_step_stays_within_max_kl_and_improves():
     assert metrics["train/line_search_accepted"] == 1.0
     assert not torch.equal(before, flatten(list(params.values())))
     # independent check: re-adapt at the new θ and measure KL to the old adapted policies
-    new_adapted = learner._adapt(dict(policy.named_parameters()), train, first_order=True).params
+    new_adapted = learner.adapt(dict(policy.named_parameters()), train, first_order=True).params
     kl = masked_mean(policy_kl(policy, batch.old_adapted, new_adapted, train.observations), train.mask).mean()
     assert kl.item() < learner.config.max_kl
     assert np.isclose(kl.item(), metrics["train/kl"], rtol=1e-6)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -61,19 +61,37 @@ def adapt(
     return adapt_stacked(policy, stack(params, len(episodes)), episodes, lr, num_steps, first_order)
 
 
+def inner_loop(
+    stacked: Params,
+    loss: Callable[[Params], torch.Tensor],
+    lr: float | Params,
+    num_steps: int,
+    first_order: bool,
+) -> tuple[Params, list[tuple[Params, Params]]]:
+    """θ' = θ − lr·∇L, `num_steps` times, for all tasks at once with a per-task loss ([T]).
+
+    `lr` is a number or one tensor per parameter (broadcast over tasks). Returns θ' and, unless first
+    order, each step's iterate and gradient (what `Adaptation` needs).
+    """
+    adapted, steps = stacked, []
+    for _ in range(num_steps):
+        grads = torch.autograd.grad(loss(adapted).sum(), list(adapted.values()), create_graph=not first_order)
+        grads = dict(zip(adapted, grads))
+        if not first_order:
+            steps.append((adapted, grads))
+        adapted = {name: p - (lr[name] if isinstance(lr, dict) else lr) * grads[name] for name, p in adapted.items()}
+    return adapted, steps
+
+
 def adapt_stacked(
     policy: nn.Module, stacked: Params, episodes: Episodes, lr: float, num_steps: int, first_order: bool
 ) -> Adaptation:
-    """Inner steps from per-task parameters `stacked` (leading task dimension).
+    """Policy-gradient inner steps from per-task parameters `stacked` (leading task dimension).
 
     The per-task losses are summed: task i's loss depends only on slice i of the stacked parameters,
     so one gradient of the sum holds every task's own gradient.
     """
-    adapted, steps = stacked, []
-    for _ in range(num_steps):
-        loss = policy_gradient_loss(policy, adapted, episodes).sum()
-        grads = dict(zip(adapted, torch.autograd.grad(loss, list(adapted.values()), create_graph=not first_order)))
-        if not first_order:
-            steps.append((adapted, grads))
-        adapted = {name: p - lr * grads[name] for name, p in adapted.items()}
+    adapted, steps = inner_loop(
+        stacked, lambda p: policy_gradient_loss(policy, p, episodes), lr, num_steps, first_order
+    )
     return Adaptation(adapted, steps, lr)

@@ -1,0 +1,277 @@
+"""What every meta-learner shares: sampling the meta-batch, adapting, regularizers, metrics.
+
+`MetaLearner.step(rng)` runs one meta-iteration: sample tasks, roll out train episodes with θ, GAE
+advantages, inner step(s), validation episodes with each θᵢ', then `update` (the learner's own outer
+step), and returns the metrics the trainer logs. `GradientMetaLearner` is the outer step by Adam on the
+MAML objective; the learners in this package override `adapt`, `outer_loss` or `meta_parameters`.
+
+Across processes (`metarl.distributed`), every rank draws the same tasks and takes its own slice;
+per-task terms enter losses as their sum over this rank's tasks divided by the meta-batch size, and
+gradients are summed over ranks, so an update equals the single-process one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from metarl import distributed
+from metarl.algos.adaptation import Adaptation, adapt
+from metarl.algos.advantages import compute_advantages
+from metarl.algos.trpo import flatten
+from metarl.config import Config
+from metarl.errors import PluginError
+from metarl.policies.batched import Params, detach, log_probs, stack, unstack
+from metarl.regularizers.base import Regularizer, RegularizerContext
+from metarl.sampling.episodes import Episodes, masked_mean
+from metarl.sampling.sampler import sample_episodes
+from metarl.sampling.vector_env import make_vector_env
+from metarl.tasks import TaskDistribution
+
+VALIDATION_METRIC = "validation/return_after_adaptation"
+
+
+@dataclass
+class SampledBatch:
+    """This rank's part of one sampled meta-batch, with the adaptation the validation episodes used.
+
+    `valid` is None when the train episodes or the inner step were not finite (nothing to update on).
+    """
+
+    train: Episodes
+    valid: Episodes | None
+    adaptation: Adaptation
+    total_tasks: int  # tasks on all ranks together
+    sampling_s: float
+    adaptation_s: float
+
+    def task_mean(self, per_task: torch.Tensor) -> torch.Tensor:
+        """This rank's share of the mean over the meta-batch of a per-task value ([T] → scalar)."""
+        return per_task.sum() / self.total_tasks
+
+
+def finite(*tensors: torch.Tensor) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+class MetaLearner:
+    """Base of `metarl.algorithms` plugins: `step(rng)` runs one meta-iteration and returns its metrics.
+
+    Subclasses implement `update`; they may override `adapt` (the inner loop), `refused` (metrics of
+    an iteration with non-finite values), `end_iteration` and the `state_dict` pair.
+    """
+
+    def __init__(
+        self,
+        policy: nn.Module,
+        family: TaskDistribution,
+        config: Config,
+        regularizers: dict[str, tuple[Regularizer, float]] | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.policy = policy
+        self.family = family
+        self.config = config
+        self.regularizers = regularizers or {}
+        self.device = torch.device(device)
+        self.horizon = config.horizon or family.max_episode_steps
+
+    def adapt(self, params: Params, train: Episodes, first_order: bool) -> Adaptation:
+        """The inner loop from θ = `params` for every task of `train` (MAML's policy-gradient step)."""
+        c = self.config
+        return adapt(self.policy, params, train, c.inner_lr, c.num_inner_steps, first_order)
+
+    def episodes(self, params: Params, env, seed: int) -> Episodes:
+        """Episodes with stacked `params`, with GAE advantages."""
+        episodes = sample_episodes(self.policy, params, env, self.horizon, seed)
+        c = self.config
+        return episodes.with_advantages(compute_advantages(episodes, c.gamma, c.gae_lambda, c.normalize_advantages))
+
+    def sample(self, rng: np.random.Generator) -> SampledBatch:
+        """Tasks, train episodes with θ, the inner loop, validation episodes with each θᵢ'."""
+        c = self.config
+        start = time.perf_counter()
+        tasks = self.family.sample_tasks(c.meta_batch_size, rng)
+        train_seed, valid_seed = (int(s) for s in rng.integers(0, 2**31 - 1, size=2))
+        part = distributed.shard(len(tasks))
+        own = tasks[part]
+        # env k of the meta-batch resets with seed + k on whichever rank steps it
+        offset = part.start * c.fast_batch_size
+        env = make_vector_env(self.family, own, c.fast_batch_size, self.device)
+        params = dict(self.policy.named_parameters())
+        valid = None
+        try:
+            train = self.episodes(stack(detach(params), len(own)), env, train_seed + offset)
+            sampled = time.perf_counter()
+            adaptation = self.adapt(params, train, c.first_order)
+            adapted_at = time.perf_counter()
+            # NaN rewards or an exploding inner step would make the validation rollout itself fail
+            if finite(train.rewards, train.advantages, *adaptation.params.values()):
+                valid = self.episodes(detach(adaptation.params), env, valid_seed + offset)
+        finally:
+            env.close()
+        end = time.perf_counter()
+        return SampledBatch(
+            train, valid, adaptation, len(tasks), (sampled - start) + (end - adapted_at), adapted_at - sampled
+        )
+
+    def update(self, batch: SampledBatch) -> dict[str, float]:
+        """The outer step on θ from a finite batch; returns metrics (`train/*`)."""
+        raise NotImplementedError
+
+    def refused(self) -> dict[str, float]:
+        """Metrics of an iteration whose episodes or inner step were not finite (θ unchanged)."""
+        return {"train/non_finite": 1.0, "train/line_search_accepted": 0.0}
+
+    def step(self, rng: np.random.Generator) -> dict[str, float]:
+        """One meta-iteration; θ (the policy's parameters) is updated in place."""
+        start = time.perf_counter()
+        batch = self.sample(rng)
+        updating = time.perf_counter()
+        valid = batch.valid
+        ok = distributed.all_ranks(valid is not None and finite(valid.rewards, valid.advantages))
+        metrics = self.update(batch) if ok else self.refused()
+        end = time.perf_counter()
+        returns_before = batch.train.episode_returns()
+        before, after, episodes, env_steps = distributed.sum_over_ranks(
+            [
+                returns_before.sum().item(),
+                valid.episode_returns().sum().item() if valid is not None else math.nan,
+                float(returns_before.numel()),
+                float(batch.train.num_steps + (valid.num_steps if valid is not None else 0)),
+            ]
+        )
+        metrics.update(
+            {
+                "return/before_adaptation": before / episodes,
+                "return/after_adaptation": after / episodes,
+                "perf/env_steps": env_steps,
+                "perf/env_steps_per_s": env_steps / (end - start),
+                "perf/sampling_s": batch.sampling_s,
+                "perf/adaptation_s": batch.adaptation_s,
+                "perf/outer_step_s": end - updating,
+                "perf/iteration_s": end - start,
+            }
+        )
+        return metrics
+
+    def penalties(
+        self, params: Params, adapted: Params, train: Episodes, valid: Episodes, total_tasks: int
+    ) -> dict[str, torch.Tensor]:
+        """Each regularizer's value, as this rank's share (weights not applied).
+
+        A regularizer sees this rank's tasks only: exact for a mean over tasks of per-task terms, or a
+        term of θ alone. A term that couples tasks (`consistency`) sees only this rank's.
+        """
+        if not self.regularizers:
+            return {}
+        ctx = RegularizerContext(self.policy, params, unstack(adapted), train.tasks(), valid.tasks())
+        share = len(train) / total_tasks
+        values = {}
+        for name, (regularizer, _) in self.regularizers.items():
+            value = regularizer(ctx)
+            if not (isinstance(value, torch.Tensor) and value.dim() == 0):
+                raise PluginError(f"regularizer {name!r} returned {value!r}, not a scalar tensor")
+            values[name] = share * value
+        return values
+
+    def with_penalties(self, loss: torch.Tensor, penalties: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`loss` + Σ βₖ Rₖ over the configured regularizers."""
+        for name, value in penalties.items():
+            loss = loss + self.regularizers[name][1] * value
+        return loss
+
+    @property
+    def inner_lr(self) -> float | Params:
+        """The inner step size used to adapt to a new task (a number, or one tensor per parameter)."""
+        return self.config.inner_lr
+
+    def end_iteration(self, metrics: dict[str, float]) -> None:
+        """Called by the trainer with an iteration's metrics, validation included (when it ran)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Learner state beyond the policy's parameters (optimizers, learned rates), for checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
+
+
+class GradientMetaLearner(MetaLearner):
+    """Outer step by Adam (`outer_lr`) on `outer_loss`, `outer_steps` times per sampled batch.
+
+    The default outer loss is MAML's: the surrogate mean(πθᵢ'/πθᵢ'_old · A) on the validation episodes,
+    at θᵢ'(θ) through the inner step, plus weighted regularizers. At the sampled θᵢ' its gradient is
+    the policy gradient through adaptation. Each step after the first adapts again from the current θ.
+    """
+
+    outer_steps = 1
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.optimizer = torch.optim.Adam(self.meta_parameters(), lr=self.config.outer_lr)
+
+    def meta_parameters(self) -> list[torch.Tensor]:
+        """What the outer step optimises."""
+        return list(self.policy.parameters())
+
+    def surrogate(self, adapted: Params, batch: SampledBatch, old_log_probs: torch.Tensor) -> torch.Tensor:
+        """Per-task likelihood ratios πθᵢ'/πθᵢ'_old on the validation episodes ([T, E, H])."""
+        valid = batch.valid
+        return torch.exp(log_probs(self.policy, adapted, valid.observations, valid.actions) - old_log_probs)
+
+    def outer_loss(
+        self, params: Params, adaptation: Adaptation, batch: SampledBatch, old_log_probs: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The loss (key "loss") and its parts, each this rank's share."""
+        ratio = self.surrogate(adaptation.params, batch, old_log_probs)
+        surrogate = -batch.task_mean(masked_mean(ratio * batch.valid.advantages, batch.valid.mask))
+        penalties = self.penalties(params, adaptation.params, batch.train, batch.valid, batch.total_tasks)
+        parts = {f"regularizer/{name}": value for name, value in penalties.items()}
+        return {"loss": self.with_penalties(surrogate, penalties), "train/surrogate": surrogate, **parts}
+
+    def update(self, batch: SampledBatch) -> dict[str, float]:
+        valid = batch.valid
+        params = dict(self.policy.named_parameters())
+        variables = self.meta_parameters()
+        with torch.no_grad():
+            old_log_probs = log_probs(self.policy, detach(batch.adaptation.params), valid.observations, valid.actions)
+        adaptation, first = batch.adaptation, {}
+        for step in range(self.outer_steps):
+            if step:
+                adaptation = self.adapt(params, batch.train, self.config.first_order)
+            parts = self.outer_loss(params, adaptation, batch, old_log_probs)
+            grads = torch.autograd.grad(parts["loss"], variables)
+            flat = distributed.all_reduce_sum(flatten(grads))
+            if step == 0:
+                names = list(parts)
+                values = distributed.all_reduce_sum(torch.stack([parts[n].detach() for n in names])).tolist()
+                first = {("train/loss_before" if n == "loss" else n): v for n, v in zip(names, values)}
+                first["train/grad_norm"] = flat.norm().item()
+            if not finite(flat):
+                return {**first, "train/non_finite": 1.0, "train/line_search_accepted": float(step > 0)}
+            for p, g in zip(variables, flat.split([v.numel() for v in variables])):
+                p.grad = g.view_as(p)
+            self.optimizer.step()
+            self.after_outer_step(parts)
+        return {
+            **first,
+            "train/non_finite": 0.0,
+            "train/line_search_accepted": 1.0,
+            "train/outer_lr": self.optimizer.param_groups[0]["lr"],
+        }
+
+    def after_outer_step(self, parts: dict[str, torch.Tensor]) -> None:
+        """Hook after each Adam step, with the loss parts that step used."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])

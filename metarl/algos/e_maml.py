@@ -1,0 +1,46 @@
+"""E-MAML (Stadie et al. 2018): MAML plus the exploration term through the pre-update sampling.
+
+The return after adaptation depends on θ also through which train episodes θ samples. E-MAML adds
+that REINFORCE term to MAML's outer objective: for each task, the train episodes' log-probabilities
+under θ times the task's post-update return. Here the log-probability is the per-step mean of
+log πθ(a|s) over the task's train episodes and the return is the task's mean validation return,
+standardised over the meta-batch (a baseline; unbiased up to the task's own share of the mean), so
+`exploration_weight` (λ) compares with MAML's normalised-advantage surrogate. Outer step: Adam.
+
+Config keys: `inner_lr`, `num_inner_steps`, `first_order`, `outer_lr`, `exploration_weight` (λ, 1.0).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from metarl import distributed
+from metarl.algos.adaptation import Adaptation
+from metarl.algos.base import GradientMetaLearner, SampledBatch
+from metarl.policies.batched import Params, log_probs, stack
+from metarl.sampling.episodes import masked_mean
+
+
+class EMAML(GradientMetaLearner):
+    """MAML (Adam outer step) with E-MAML's exploration term weighted by `exploration_weight`."""
+
+    def exploration(self, params: Params, batch: SampledBatch) -> torch.Tensor:
+        """−mean over tasks of mean log πθ(train) · standardised post-update return (this rank's share)."""
+        train, valid = batch.train, batch.valid
+        returns = valid.episode_returns().mean(-1)
+        total, squares = distributed.sum_over_ranks([returns.sum().item(), (returns**2).sum().item()])
+        mean = total / batch.total_tasks
+        std = max(squares / batch.total_tasks - mean**2, 0.0) ** 0.5
+        logp = log_probs(self.policy, stack(params, len(train)), train.observations, train.actions)
+        return -batch.task_mean(masked_mean(logp, train.mask) * (returns - mean) / (std + 1e-8))
+
+    def outer_loss(
+        self, params: Params, adaptation: Adaptation, batch: SampledBatch, old_log_probs: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        parts = super().outer_loss(params, adaptation, batch, old_log_probs)
+        weight = self.config.exploration_weight
+        if weight:
+            term = self.exploration(params, batch)
+            parts["loss"] = parts["loss"] + weight * term
+            parts["train/exploration"] = term
+        return parts

@@ -1,0 +1,184 @@
+"""The meta-learners of `metarl.algorithms`: found by name, learn on navigation, and their maths."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import small_batch
+from torch.func import functional_call
+
+from metarl import registry
+from metarl.algos.adaptation import policy_gradient_loss
+from metarl.algos.base import VALIDATION_METRIC, GradientMetaLearner, MetaLearner, SampledBatch
+from metarl.config import build_config
+from metarl.policies.batched import detach, log_probs, stack
+from metarl.sampling.episodes import masked_mean
+from metarl.trainer import make_family, make_policy, probe_spaces, seed_everything
+from metarl_envs.navigation import Navigation2D
+
+LEARNERS = ["promp", "maml-vpg", "meta-sgd", "e-maml"]
+SMALL = {"seed": 1, "meta_batch_size": 10, "fast_batch_size": 10, "horizon": 100, "eval_every": 0}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # these runs are many tiny ops: on a busy machine, intra-op threads cost far more than they gain
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _learner(name: str, **overrides):
+    config = build_config(Navigation2D.reference_config(), {**SMALL, "algo": name, **overrides})
+    family = make_family(config)
+    rng = seed_everything(config.seed)
+    policy = make_policy(config, *probe_spaces(family, config.env))
+    return registry.algorithms.load(config.algo)(policy, family, config), rng
+
+
+def _run(learner, rng, iterations: int) -> list[dict[str, float]]:
+    history = []
+    for _ in range(iterations):
+        metrics = learner.step(rng)
+        learner.end_iteration(metrics)
+        history.append(metrics)
+    return history
+
+
+@pytest.mark.parametrize("name", ["maml-trpo", *LEARNERS])
+def test_learner_is_found_through_its_entry_point(name):
+    cls = registry.algorithms.load(name)
+    assert callable(cls.step)
+    row = next(r for r in registry.algorithms.status() if r.name == name)
+    assert row.package == "metarl" and row.error is None
+    assert issubclass(cls, MetaLearner)
+
+
+def test_a_class_that_is_not_a_meta_learner_is_refused():
+    with pytest.raises(TypeError, match="MetaLearner"):
+        registry.algorithms._check(object)
+
+
+@pytest.mark.parametrize("name", LEARNERS)
+def test_short_run_learns_to_adapt(name):
+    learner, rng = _learner(name, outer_lr=0.01)
+    history = _run(learner, rng, 10)
+    before = np.array([m["return/before_adaptation"] for m in history])
+    after = np.array([m["return/after_adaptation"] for m in history])
+    assert all(m["train/non_finite"] == 0.0 and m["train/line_search_accepted"] == 1.0 for m in history)
+    assert after[-3:].mean() > after[0] + 15.0
+    assert after[-3:].mean() > before[-3:].mean() + 2.0
+
+
+@pytest.mark.parametrize("name", LEARNERS)
+def test_several_inner_steps(name):
+    learner, rng = _learner(name, num_inner_steps=2, meta_batch_size=4, fast_batch_size=4, horizon=20)
+    theta = [p.detach().clone() for p in learner.policy.parameters()]
+    metrics = learner.step(rng)
+    assert metrics["train/non_finite"] == 0.0 and math.isfinite(metrics["return/after_adaptation"])
+    assert any(not torch.equal(a, b) for a, b in zip(theta, learner.policy.parameters()))
+
+
+def _config(**overrides):
+    return build_config({"inner_lr": 0.1, **overrides})
+
+
+def test_meta_sgd_adapts_with_per_parameter_rates_like_a_per_task_loop():
+    policy, family, _, train = small_batch()
+    learner = registry.algorithms.load("meta-sgd")(policy, family, _config(algo="meta-sgd"))
+    torch.manual_seed(3)
+    for a in learner.alpha.values():
+        a.data = torch.rand_like(a) * 0.2
+    params = dict(policy.named_parameters())
+    adapted = learner.adapt(params, train, first_order=False).params
+    for i in range(len(train)):
+        task = train[i]
+        logp = functional_call(policy, params, (task.observations,)).log_prob(task.actions)
+        loss = -masked_mean(logp * task.advantages, task.mask)
+        grads = torch.autograd.grad(loss, list(params.values()))
+        for (name, p), g in zip(params.items(), grads):
+            assert torch.allclose(adapted[name][i], p - learner.alpha[name] * g, atol=1e-10), name
+    # θ' depends on α, so the outer step learns it
+    grad_alpha = torch.autograd.grad(adapted["mean.weight"].sum(), learner.alpha["mean.weight"])[0]
+    assert grad_alpha.abs().sum() > 0
+
+
+def test_promp_lvc_has_the_policy_gradient_but_another_hessian():
+    policy, family, _, train = small_batch()
+    learner = registry.algorithms.load("promp")(policy, family, _config(algo="promp"))
+    params = dict(policy.named_parameters())
+    learner.sampling_params = detach(params)
+    theta = list(params.values())
+    stacked = stack(params, len(train))
+    g_lvc = torch.autograd.grad(learner.lvc_loss(stacked, train).sum(), theta, create_graph=True)
+    g_pg = torch.autograd.grad(policy_gradient_loss(policy, stacked, train).sum(), theta, create_graph=True)
+    for a, b in zip(g_lvc, g_pg):
+        assert torch.allclose(a, b, atol=1e-10)
+    torch.manual_seed(0)
+    v = [torch.randn_like(p) for p in theta]
+    h_lvc = torch.autograd.grad(sum((g * u).sum() for g, u in zip(g_lvc, v)), theta)
+    h_pg = torch.autograd.grad(sum((g * u).sum() for g, u in zip(g_pg, v)), theta)
+    difference = sum((a - b).norm() ** 2 for a, b in zip(h_lvc, h_pg)).sqrt()
+    assert difference > 1e-3 * sum(b.norm() ** 2 for b in h_pg).sqrt()
+
+
+def _outer_gradient(learner, params, batch) -> torch.Tensor:
+    old = log_probs(learner.policy, detach(batch.adaptation.params), batch.valid.observations, batch.valid.actions)
+    loss = learner.outer_loss(params, batch.adaptation, batch, old)["loss"]
+    grads = torch.autograd.grad(loss, list(params.values()), retain_graph=True)
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+def test_e_maml_exploration_term_adds_a_gradient_that_vanishes_with_zero_weight():
+    policy, family, _, train = small_batch()
+    _, _, _, valid = small_batch(seed=1)
+    params = dict(policy.named_parameters())
+    maml = GradientMetaLearner(policy, family, _config())
+    reference = None
+    for weight in (0.0, 1.0):
+        learner = registry.algorithms.load("e-maml")(policy, family, _config(algo="e-maml", exploration_weight=weight))
+        batch = SampledBatch(train, valid, learner.adapt(params, train, False), len(train), 0.0, 0.0)
+        reference = _outer_gradient(maml, params, batch) if reference is None else reference
+        extra = _outer_gradient(learner, params, batch) - reference
+        assert (extra.norm() > 1e-6) == bool(weight), weight
+
+
+def test_maml_vpg_lowers_the_rate_on_a_plateau_and_keeps_the_best_parameters():
+    policy, family, _, _ = small_batch()
+    learner = registry.algorithms.load("maml-vpg")(
+        policy, family, _config(algo="maml-vpg", lr_patience=1, lr_factor=0.5, outer_lr=0.01)
+    )
+    learner.end_iteration({VALIDATION_METRIC: -10.0})
+    best = [p.detach().clone() for p in policy.parameters()]
+    learner.end_iteration({VALIDATION_METRIC: math.nan})  # an iteration without validation: ignored
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(1.0)
+    for value in (-12.0, -13.0):
+        learner.end_iteration({VALIDATION_METRIC: value})
+    assert learner.optimizer.param_groups[0]["lr"] == pytest.approx(0.005)
+    learner.restore_best()
+    assert all(torch.equal(a, b) for a, b in zip(best, policy.parameters()))
+
+
+def test_meta_sgd_evaluation_adapts_with_the_learned_rates():
+    """Validation and `metarl evaluate` must step with α, not the config's scalar inner_lr."""
+    from metarl.config import build_config
+    from metarl.policies.batched import unstack
+    from metarl.trainer import Trainer
+
+    config = build_config({"env": "navigation-2d", "algo": "meta-sgd", "meta_batch_size": 2, "fast_batch_size": 2,
+                           "horizon": 5, "eval_every": 0})  # fmt: skip
+    trainer = Trainer(config)
+    with torch.no_grad():
+        for alpha in trainer.learner.alpha.values():
+            alpha.zero_()
+    tasks = trainer.family.sample_tasks(2, np.random.default_rng(0))
+    adapted = unstack(trainer.evaluate(tasks, 1, 2, seed=0).adapted_params)
+    for task_params in adapted:  # α = 0: adaptation leaves θ where it was
+        for name, p in trainer.policy.named_parameters():
+            assert torch.equal(task_params[name], p.detach()), name
