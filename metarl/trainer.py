@@ -19,6 +19,7 @@ from torch import nn
 
 from metarl import __version__, distributed, registry
 from metarl.algos.base import VALIDATION_METRIC
+from metarl.allocator import keep_freed_memory
 from metarl.checkpoint import (
     atomic_write,
     best_checkpoint_path,
@@ -158,6 +159,7 @@ class Trainer:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        keep_freed_memory()
         self.device = resolve_device(config.device)
         self.family = make_family(config)
         observation_space, action_space = probe_spaces(self.family, config.env)

@@ -1,6 +1,7 @@
 """Conjugate gradient, Fisher-vector products and the TRPO outer step."""
 
 import numpy as np
+import pytest
 import torch
 from conftest import episodes_like, small_batch
 
@@ -65,3 +66,13 @@ def test_rejected_line_search_leaves_theta_unchanged():
     metrics = learner._trpo_update(params, adaptation, batch)
     assert metrics["train/line_search_accepted"] == 0.0
     assert all(torch.equal(before[n], p) for n, p in policy.named_parameters())
+
+
+def test_allocator_thresholds_are_accepted_by_glibc():
+    import platform
+
+    from metarl.allocator import keep_freed_memory
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt tuning is glibc-only")
+    assert keep_freed_memory() is True
