@@ -315,6 +315,8 @@ def _adapt(args: argparse.Namespace) -> int:
         raise MetarlError(f"env {config.env!r} cannot build task {args.task}: {type(exc).__name__}: {exc}") from None
     episodes = args.episodes or config.fast_batch_size
     result = trainer.evaluate([task], args.steps, episodes, seed)
+    if not result.adapted_params:
+        raise MetarlError(f"algorithm {config.algo!r} adapts through memory, not weights: it has nothing to export")
     path = export_sb3(trainer.policy, unstack(result.adapted_params)[0], env, args.out)
     returns = ", ".join(f"{r:.2f}" for r in result.returns[0])
     print(f"return after 0..{args.steps} steps: {returns}; saved {path}")

@@ -29,7 +29,7 @@ from metarl.checkpoint import (
 )
 from metarl.config import Config
 from metarl.errors import ConfigError, MetarlError, PluginError
-from metarl.evaluation import VALIDATION_STREAM, AdaptationResult, evaluate_adaptation, held_out_rng
+from metarl.evaluation import VALIDATION_STREAM, AdaptationResult, held_out_rng
 from metarl.logging import RunLogger
 from metarl.policies.mlp import default_policy_name
 from metarl.regularizers.base import Regularizer
@@ -228,10 +228,9 @@ class Trainer:
         return save_checkpoint(checkpoint_path(self.run_dir, self.iteration), self.iteration, self.state())
 
     def evaluate(self, tasks: list[dict[str, Any]], steps: int, episodes: int, seed: int) -> AdaptationResult:
-        """Adapt the current policy to `tasks` for 0..`steps` inner steps with the learner's step size."""
-        return evaluate_adaptation(
-            self.policy, self.family, self.config, tasks, steps, episodes, seed, self.device, self.learner.inner_lr
-        )
+        """Returns on `tasks` after 0..`steps` adaptation steps, as the learner adapts (by default inner
+        gradient steps with the learner's step size)."""
+        return self.learner.evaluate(tasks, steps, episodes, seed)
 
     def validate(self) -> float:
         """Mean return after adaptation on the fixed validation tasks (training RNG streams untouched).

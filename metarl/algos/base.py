@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from metarl.sampling.episodes import Episodes, masked_mean
 from metarl.sampling.sampler import sample_episodes
 from metarl.sampling.vector_env import make_vector_env
 from metarl.tasks import TaskDistribution
+
+if TYPE_CHECKING:
+    from metarl.evaluation import AdaptationResult
 
 VALIDATION_METRIC = "validation/return_after_adaptation"
 
@@ -191,6 +194,15 @@ class MetaLearner:
     def inner_lr(self) -> float | Params:
         """The inner step size used to adapt to a new task (a number, or one tensor per parameter)."""
         return self.config.inner_lr
+
+    def evaluate(self, tasks: list[dict[str, Any]], steps: int, episodes: int, seed: int) -> AdaptationResult:
+        """Returns on `tasks` after 0..`steps` adaptation steps (by default inner gradient steps with
+        `inner_lr`, `episodes` episodes per step); learners that adapt otherwise override this."""
+        from metarl.evaluation import evaluate_adaptation
+
+        return evaluate_adaptation(
+            self.policy, self.family, self.config, tasks, steps, episodes, seed, self.device, self.inner_lr
+        )
 
     def end_iteration(self, metrics: dict[str, float]) -> None:
         """Called by the trainer with an iteration's metrics, validation included (when it ran)."""

@@ -1,0 +1,284 @@
+"""RL² (Duan et al. 2016): adaptation by a recurrent policy's memory instead of gradient steps.
+
+A *trial* is `EPISODES_PER_TRIAL` consecutive episodes of one task. `RL2Env` turns any metarl task
+family into a Gymnasium env whose episodes are trials: the observation is the task env's observation
+(flattened) followed by the previous action (flattened: one-hot for a Discrete space), the previous
+reward and a done flag that is 1 when the previous step ended an inner episode. Only the end of the
+trial is an episode end for stable-baselines3 (`terminated=True`), so sb3-contrib's RecurrentPPO
+carries its LSTM state across the episodes of a trial and resets it between trials; inner episode ends
+are seen only through the done flag. Each inner episode lasts at most `config.horizon` (or the
+family's `max_episode_steps`) steps.
+
+`RL2` trains `RecurrentPPO("MlpLstmPolicy")` on `meta_batch_size` such envs (one trial per env and
+meta-iteration, on the CPU). The MLP policy the trainer builds is kept to satisfy `MetaLearner` but
+never acts. Limitations: single process only (no torchrun sharding); a checkpoint holds the recurrent
+policy's and its optimizer's state but not the envs' trials in progress or their LSTM states, so a
+resumed run is not bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from metarl.algos.base import MetaLearner
+from metarl.config import Config
+from metarl.evaluation import AdaptationResult
+from metarl.regularizers.base import Regularizer
+from metarl.tasks import TaskDistribution
+
+#: episodes of the same task in one training trial (a constant: the config has no field for it)
+EPISODES_PER_TRIAL = 2
+#: `info` key, at a trial's end, of the list of its inner episodes' returns
+TRIAL_RETURNS = "rl2_episode_returns"
+
+
+class RL2Env(gym.Env):
+    """Trials of `episodes_per_trial` episodes of one task; a new task from `rng` at every reset.
+
+    With `task` given, every trial is of that task (evaluation). Observation layout:
+    `[obs (flattened) | previous action (flattened) | previous reward | previous step ended an episode]`,
+    zeros for the last three at the start of a trial.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        family: TaskDistribution,
+        horizon: int,
+        rng: np.random.Generator | None = None,
+        episodes_per_trial: int = EPISODES_PER_TRIAL,
+        task: dict[str, Any] | None = None,
+    ) -> None:
+        if episodes_per_trial < 1:
+            raise ValueError(f"episodes_per_trial must be at least 1, got {episodes_per_trial}")
+        self.family, self.horizon, self.episodes_per_trial = family, int(horizon), int(episodes_per_trial)
+        self.fixed_task = task
+        self.task_rng = rng if rng is not None else np.random.default_rng(0)
+        self.task = task if task is not None else family.sample_tasks(1, self.task_rng)[0]
+        self.env = family.make_env(self.task)
+        self.inner_observation_space, self.action_space = self.env.observation_space, self.env.action_space
+        self.obs_dim = gym.spaces.flatdim(self.inner_observation_space)
+        self.action_dim = gym.spaces.flatdim(self.action_space)
+        size = self.obs_dim + self.action_dim + 2
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(size,), dtype=np.float32)
+        self._fresh = True  # the env built above has not started a trial yet
+        self.episode, self.t, self.episode_return, self.returns = 0, 0, 0.0, []
+
+    def set_task_rng(self, seed: int) -> None:
+        """Draw the tasks of the following trials from a generator seeded with `seed`."""
+        self.task_rng = np.random.default_rng(seed)
+
+    def _observation(self, obs: Any, action: Any, reward: float, done: bool) -> np.ndarray:
+        parts = [gym.spaces.flatten(self.inner_observation_space, obs).astype(np.float32)]
+        if action is None:
+            parts.append(np.zeros(self.action_dim, dtype=np.float32))
+        else:
+            parts.append(np.asarray(gym.spaces.flatten(self.action_space, action), dtype=np.float32))
+        parts.append(np.asarray([reward, float(done)], dtype=np.float32))
+        return np.concatenate(parts)
+
+    def _reset_inner(self) -> Any:
+        obs, _ = self.env.reset(seed=int(self.np_random.integers(2**31 - 1)))
+        self.t, self.episode_return = 0, 0.0
+        return obs
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        if self.fixed_task is None and not self._fresh:
+            self.env.close()
+            self.task = self.family.sample_tasks(1, self.task_rng)[0]
+            self.env = self.family.make_env(self.task)
+        self._fresh = False
+        self.episode, self.returns = 0, []
+        obs = self._reset_inner()
+        return self._observation(obs, None, 0.0, False), {"task": self.task}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if isinstance(self.action_space, gym.spaces.Discrete):
+            action = int(np.asarray(action).reshape(-1)[0])
+        elif isinstance(self.action_space, gym.spaces.Box):
+            action = np.clip(
+                np.asarray(action, dtype=self.action_space.dtype), self.action_space.low, self.action_space.high
+            ).reshape(self.action_space.shape)
+        obs, reward, terminated, truncated, _ = self.env.step(action)
+        reward = float(reward)
+        self.t += 1
+        self.episode_return += reward
+        info: dict[str, Any] = {"task": self.task}
+        episode_done = bool(terminated or truncated or self.t >= self.horizon)
+        if not episode_done:
+            return self._observation(obs, action, reward, False), reward, False, False, info
+        self.returns.append(self.episode_return)
+        self.episode += 1
+        if self.episode >= self.episodes_per_trial:
+            info[TRIAL_RETURNS] = list(self.returns)
+            return self._observation(obs, action, reward, True), reward, True, False, info
+        obs = self._reset_inner()  # the next episode of the same trial starts from the task's initial state
+        return self._observation(obs, action, reward, True), reward, False, False, info
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def _trial_callback():
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class TrialReturns(BaseCallback):
+        """Per-episode returns of every trial finished during `learn`, and the rollout's duration."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.trials: list[list[float]] = []
+            self.sampling_s = 0.0
+            self._started = 0.0
+
+        def _on_rollout_start(self) -> None:
+            self._started = time.perf_counter()
+
+        def _on_rollout_end(self) -> None:
+            self.sampling_s += time.perf_counter() - self._started
+
+        def _on_step(self) -> bool:
+            for info in self.locals["infos"]:
+                if TRIAL_RETURNS in info:
+                    self.trials.append(info[TRIAL_RETURNS])
+            return True
+
+    return TrialReturns()
+
+
+class RL2(MetaLearner):
+    """RL² with sb3-contrib's RecurrentPPO; see the module docstring.
+
+    One `step` is one RecurrentPPO rollout of `meta_batch_size × EPISODES_PER_TRIAL × horizon` env
+    steps (`meta_batch_size` parallel trial envs) and its PPO update. `return/before_adaptation` and
+    `return/after_adaptation` are the mean returns of the first and last episode of the trials that
+    ended during the step.
+    """
+
+    def __init__(
+        self,
+        policy: nn.Module,
+        family: TaskDistribution,
+        config: Config,
+        regularizers: dict[str, tuple[Regularizer, float]] | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        super().__init__(policy, family, config, regularizers, "cpu")
+        if self.regularizers:
+            raise ValueError("rl2 does not support regularizers")
+        from sb3_contrib import RecurrentPPO
+        from stable_baselines3.common.vec_env import DummyVecEnv
+
+        self.num_envs = config.meta_batch_size
+        self.n_steps = EPISODES_PER_TRIAL * self.horizon
+        seeds = np.random.SeedSequence(config.seed).generate_state(self.num_envs)
+        fns = [
+            (lambda s=int(s): RL2Env(family, self.horizon, np.random.default_rng(s), EPISODES_PER_TRIAL)) for s in seeds
+        ]
+        self.vec_env = DummyVecEnv(fns)
+        total = self.num_envs * self.n_steps
+        self.model = RecurrentPPO(
+            "MlpLstmPolicy",
+            self.vec_env,
+            n_steps=self.n_steps,
+            batch_size=max(1, total // 4),
+            gamma=config.gamma,
+            seed=config.seed,
+            device="cpu",
+            verbose=0,
+        )
+
+    def step(self, rng: np.random.Generator) -> dict[str, float]:
+        start = time.perf_counter()
+        # the tasks of the trials starting in this step come from the run's generator
+        for index, seed in enumerate(rng.integers(0, 2**31 - 1, size=self.num_envs)):
+            self.vec_env.env_method("set_task_rng", int(seed), indices=[index])
+        callback = _trial_callback()
+        before_steps = self.model.num_timesteps
+        self.model.learn(total_timesteps=self.num_envs * self.n_steps, callback=callback, reset_num_timesteps=False)
+        end = time.perf_counter()
+        env_steps = float(self.model.num_timesteps - before_steps)
+        trials = callback.trials
+        metrics = {
+            f"train/{k.split('/', 1)[1]}": float(v)
+            for k, v in self.model.logger.name_to_value.items()
+            if k.startswith("train/") and isinstance(v, (int, float, np.floating, np.integer))
+        }
+        metrics.update(
+            {
+                "return/before_adaptation": float(np.mean([t[0] for t in trials])) if trials else float("nan"),
+                "return/after_adaptation": float(np.mean([t[-1] for t in trials])) if trials else float("nan"),
+                "train/trials": float(len(trials)),
+                "train/line_search_accepted": 1.0,
+                "train/non_finite": 0.0,
+                "perf/env_steps": env_steps,
+                "perf/env_steps_per_s": env_steps / (end - start),
+                "perf/sampling_s": callback.sampling_s,
+                "perf/adaptation_s": 0.0,
+                "perf/outer_step_s": (end - start) - callback.sampling_s,
+                "perf/iteration_s": end - start,
+            }
+        )
+        return metrics
+
+    def evaluate(self, tasks: list[dict[str, Any]], steps: int, episodes: int, seed: int) -> AdaptationResult:
+        """Adaptation by experience: per task, `episodes` independent trials of `steps + 1` episodes.
+
+        returns[i, k] is the mean over those trials of the return of episode k of task i, with the
+        LSTM state carried from episode to episode of a trial. Actions are *sampled* from the policy
+        (its exploration is part of what RL² learns), with torch seeded from `seed`. There are no
+        adapted parameters: `adapted_params` is an empty dict.
+        """
+        envs = []
+        for task in tasks:
+            for _ in range(episodes):
+                envs.append(RL2Env(self.family, self.horizon, episodes_per_trial=steps + 1, task=task))
+        rng = np.random.default_rng(seed)
+        observations = np.stack([env.reset(seed=int(rng.integers(2**31 - 1)))[0] for env in envs])
+        active = np.ones(len(envs), dtype=bool)
+        returns = np.zeros((len(envs), steps + 1))
+        starts = np.ones(len(envs), dtype=bool)
+        state = None
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                while active.any():
+                    actions, state = self.model.predict(
+                        observations, state=state, episode_start=starts, deterministic=False
+                    )
+                    starts = np.zeros(len(envs), dtype=bool)
+                    for index in np.flatnonzero(active):
+                        obs, _, terminated, _, info = envs[index].step(actions[index])
+                        observations[index] = obs
+                        if terminated:
+                            returns[index] = info[TRIAL_RETURNS]
+                            active[index] = False
+        finally:
+            for env in envs:
+                env.close()
+        per_task = returns.reshape(len(tasks), episodes, steps + 1).mean(axis=1)
+        return AdaptationResult(tasks, per_task, {})
+
+    def state_dict(self) -> dict[str, Any]:
+        """The recurrent policy's parameters and its Adam state, and the env steps so far."""
+        policy = self.model.policy
+        return {
+            "policy": policy.state_dict(),
+            "optimizer": policy.optimizer.state_dict(),
+            "num_timesteps": int(self.model.num_timesteps),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        policy = self.model.policy
+        policy.load_state_dict(state["policy"])
+        if "optimizer" in state:
+            policy.optimizer.load_state_dict(state["optimizer"])
+        self.model.num_timesteps = int(state.get("num_timesteps", self.model.num_timesteps))

@@ -1,0 +1,159 @@
+"""RL²: the trial env's observation layout, the learner through the trainer, checkpoints, evaluation."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from metarl import registry
+from metarl.algos.base import MetaLearner
+from metarl.algos.rl2 import EPISODES_PER_TRIAL, RL2, TRIAL_RETURNS, RL2Env
+from metarl.cli import main
+from metarl.config import build_config
+from metarl.trainer import Trainer
+from metarl_envs.bandit import BernoulliBandit
+from metarl_envs.navigation import Navigation2D
+
+SMALL = {"algo": "rl2", "meta_batch_size": 4, "horizon": 20, "eval_every": 0, "seed": 0}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A trainer that ran two rl2 iterations on navigation-2d, with their metrics."""
+    torch.set_num_threads(1)
+    trainer = Trainer(build_config(Navigation2D.reference_config(), SMALL))
+    return trainer, trainer.train(2)
+
+
+def test_observation_holds_previous_action_reward_and_done():
+    env = RL2Env(Navigation2D(), horizon=3, rng=np.random.default_rng(0))
+    obs, info = env.reset(seed=0)
+    goal = np.asarray(info["task"]["goal"])
+    assert env.observation_space.shape == (2 + 2 + 2,)
+    np.testing.assert_array_equal(obs, np.zeros(6))  # origin, no previous action, reward 0, not done
+    action = np.array([0.05, -0.1], dtype=np.float32)
+    obs, reward, terminated, truncated, _ = env.step(action)
+    assert not terminated and not truncated
+    np.testing.assert_allclose(obs[:2], action)
+    np.testing.assert_allclose(obs[2:4], action)
+    assert obs[4] == pytest.approx(reward) == pytest.approx(-np.linalg.norm(action - goal), rel=1e-5)
+    assert obs[5] == 0.0
+    # out-of-bounds actions appear as the env applied them (clipped)
+    obs, *_ = env.step(np.array([1.0, 0.0]))
+    np.testing.assert_allclose(obs[2:4], [0.1, 0.0])
+
+
+def test_trial_ends_after_its_episodes_and_the_task_changes_between_trials():
+    env = RL2Env(Navigation2D(), horizon=3, rng=np.random.default_rng(0))
+    obs, info = env.reset(seed=0)
+    first_task = info["task"]
+    ends, step_count = [], 0
+    while True:
+        obs, reward, terminated, truncated, info = env.step(np.zeros(2))
+        step_count += 1
+        assert info["task"] == first_task and not truncated
+        if obs[-1] == 1.0:
+            ends.append(step_count)
+            # the next episode starts again from the origin, the flag and last reward are visible
+            np.testing.assert_array_equal(obs[:2], [0.0, 0.0])
+            assert obs[4] == pytest.approx(reward)
+        if terminated:
+            break
+    assert ends == [3 * k for k in range(1, EPISODES_PER_TRIAL + 1)]
+    assert len(info[TRIAL_RETURNS]) == EPISODES_PER_TRIAL
+    assert info[TRIAL_RETURNS][0] == pytest.approx(3 * -np.linalg.norm(first_task["goal"]), rel=1e-5)
+    _, info = env.reset()
+    assert info["task"] != first_task
+
+
+def test_discrete_spaces_are_one_hot():
+    family = BernoulliBandit()
+    env = RL2Env(family, horizon=2, rng=np.random.default_rng(0))
+    obs, _ = env.reset(seed=0)
+    n = env.action_space.n
+    obs, reward, *_ = env.step(1)
+    action_part = obs[env.obs_dim : env.obs_dim + n]
+    np.testing.assert_array_equal(action_part, np.eye(n)[1])
+    assert obs[-2] == reward
+
+
+def test_rl2_is_found_through_its_entry_point():
+    cls = registry.algorithms.load("rl2")
+    assert cls is RL2 and issubclass(cls, MetaLearner)
+
+
+def test_short_run_has_finite_metrics(trained):
+    trainer, history = trained
+    assert len(history) == 2
+    for metrics in history:
+        for key in (
+            "return/before_adaptation",
+            "return/after_adaptation",
+            "perf/env_steps",
+            "perf/env_steps_per_s",
+            "perf/iteration_s",
+            "perf/sampling_s",
+            "perf/adaptation_s",
+            "perf/outer_step_s",
+        ):
+            assert math.isfinite(metrics[key]), key
+        assert metrics["train/line_search_accepted"] == 1.0 and metrics["train/non_finite"] == 0.0
+        assert metrics["perf/env_steps"] == SMALL["meta_batch_size"] * EPISODES_PER_TRIAL * SMALL["horizon"]
+
+
+def _actions(learner: RL2, observations: np.ndarray) -> np.ndarray:
+    starts = np.ones(len(observations), dtype=bool)
+    actions, _ = learner.model.predict(observations, episode_start=starts, deterministic=True)
+    return actions
+
+
+def test_checkpoint_state_round_trips(trained):
+    trainer, _ = trained
+    buffer = io.BytesIO()
+    torch.save(trainer.learner.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    fresh = Trainer(build_config(Navigation2D.reference_config(), {**SMALL, "seed": 1})).learner
+    observations = np.random.default_rng(0).normal(size=(5, 6)).astype(np.float32)
+    assert not np.allclose(_actions(fresh, observations), _actions(trainer.learner, observations))
+    fresh.load_state_dict(state)
+    np.testing.assert_array_equal(_actions(fresh, observations), _actions(trainer.learner, observations))
+    assert fresh.model.num_timesteps == trainer.learner.model.num_timesteps
+
+
+def test_evaluate_returns_one_column_per_episode_of_the_trial(trained):
+    trainer, _ = trained
+    tasks = trainer.family.sample_tasks(3, np.random.default_rng(5))
+    result = trainer.evaluate(tasks, 2, 1, 0)
+    assert result.returns.shape == (3, 3)
+    assert np.isfinite(result.returns).all()
+    assert result.adapted_params == {}
+    again = trainer.evaluate(tasks, 2, 1, 0)
+    np.testing.assert_array_equal(result.returns, again.returns)
+
+
+def test_cli_evaluates_an_rl2_run(tmp_path, capsys):
+    trainer = Trainer(build_config(Navigation2D.reference_config(), {**SMALL, "checkpoint_every": 1}))
+    run_dir = trainer.start_run(tmp_path)
+    trainer.train(1)
+    assert main(["evaluate", str(run_dir), "--steps", "2", "--tasks", "3", "--episodes", "1"]) == 0
+    assert (run_dir / "evaluation.csv").is_file()
+    lines = (run_dir / "evaluation.csv").read_text().splitlines()
+    assert len(lines) == 1 + 3  # header and steps 0..2
+    capsys.readouterr()
+    out = tmp_path / "model.zip"
+    assert main(["adapt", str(run_dir), "--task", '{"goal": [0.1, 0.1]}', "--out", str(out)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "adapts through memory" in line and not out.exists()
