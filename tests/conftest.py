@@ -45,6 +45,15 @@ class _DoubleEnv:
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Many tiny ops: on a busy machine, intra-op threads cost far more than they gain."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def batch() -> tuple:
     return small_batch()
 

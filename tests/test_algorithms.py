@@ -19,17 +19,9 @@ from metarl.sampling.episodes import masked_mean
 from metarl.trainer import make_family, make_policy, probe_spaces, seed_everything
 from metarl_envs.navigation import Navigation2D
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 LEARNERS = ["promp", "maml-vpg", "meta-sgd", "e-maml"]
 SMALL = {"seed": 1, "meta_batch_size": 10, "fast_batch_size": 10, "horizon": 100, "eval_every": 0}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # these runs are many tiny ops: on a busy machine, intra-op threads cost far more than they gain
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _learner(name: str, **overrides):

@@ -18,15 +18,8 @@ from metarl.trainer import Trainer
 from metarl_envs.bandit import BernoulliBandit
 from metarl_envs.navigation import Navigation2D
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SMALL = {"algo": "rl2", "meta_batch_size": 4, "horizon": 20, "eval_every": 0, "seed": 0}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
