@@ -113,6 +113,15 @@ def _add_adaptation_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=_non_negative, default=3, help="inner gradient steps (default 3)")
     parser.add_argument("--episodes", type=_positive, help="episodes per task and step (default: the run's)")
     parser.add_argument("--seed", type=int, help="seed of the held-out tasks (default: the run's)")
+    parser.add_argument(
+        "--env",
+        help="adapt to tasks of another family with the same spaces, e.g. a test split (default: the run's)",
+    )
+    parser.add_argument(
+        "--env-kwargs",
+        metavar="YAML",
+        help="keyword arguments of that family, e.g. '{split: test}' (default: the run's when --env is not given)",
+    )
 
 
 def _user_layers(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
@@ -232,10 +241,17 @@ def _train(args: argparse.Namespace) -> int:
 
 def _trainer_at_checkpoint(args: argparse.Namespace) -> Trainer:
     from metarl.checkpoint import load_checkpoint, select_checkpoint
+    from metarl.config import parse_value
     from metarl.trainer import load_run_config, trainer_from_run
 
     load_run_config(args.run_dir)
-    return trainer_from_run(args.run_dir, load_checkpoint(select_checkpoint(args.run_dir, args.checkpoint)))
+    trainer = trainer_from_run(args.run_dir, load_checkpoint(select_checkpoint(args.run_dir, args.checkpoint)))
+    if args.env is not None or args.env_kwargs is not None:
+        env_kwargs = {} if args.env is not None else trainer.config.env_kwargs
+        if args.env_kwargs is not None:
+            env_kwargs = parse_value("--env-kwargs", args.env_kwargs)
+        trainer.use_family(args.env or trainer.config.env, env_kwargs)
+    return trainer
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -251,6 +267,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     result = trainer.evaluate(tasks, args.steps, episodes, seed)
     meta = {
         "env": config.env,
+        "evaluated_on": {"env": trainer.family_name, "env_kwargs": trainer.family_kwargs},
         "checkpoint": args.checkpoint,
         "iteration": trainer.iteration,
         "seed": seed,

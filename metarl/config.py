@@ -200,17 +200,22 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def parse_value(where: str, raw: str) -> Any:
+    """A command-line value parsed as YAML (`0.1`, `true`, `[32, 32]`, `{split: test}`); empty is None."""
+    try:
+        return yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"{where}: cannot parse value {raw!r}") from None
+
+
 def parse_set(items: list[str]) -> dict[str, Any]:
-    """`KEY=VALUE` strings to a mapping; VALUE is parsed as YAML (`0.1`, `true`, `[32, 32]`)."""
+    """`KEY=VALUE` strings to a mapping, each VALUE parsed as YAML."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {key}: cannot parse value {raw!r}") from None
+        out[key.strip()] = parse_value(f"--set {key}", raw)
     return out
 
 

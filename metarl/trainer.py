@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import random
@@ -33,7 +34,7 @@ from metarl.evaluation import VALIDATION_STREAM, AdaptationResult, held_out_rng
 from metarl.logging import RunLogger
 from metarl.policies.mlp import default_policy_name
 from metarl.regularizers.base import Regularizer
-from metarl.sampling.vector_env import check_spaces
+from metarl.sampling.vector_env import check_spaces, space_signature
 from metarl.tasks import TaskDistribution
 
 CONFIG_FILE = "config.yaml"
@@ -162,7 +163,8 @@ class Trainer:
         keep_freed_memory()
         self.device = resolve_device(config.device)
         self.family = make_family(config)
-        observation_space, action_space = probe_spaces(self.family, config.env)
+        self.family_name, self.family_kwargs = config.env, config.env_kwargs
+        observation_space, action_space = self.spaces = probe_spaces(self.family, config.env)
         self.rng = seed_everything(config.seed)
         self.policy = make_policy(config, observation_space, action_space).to(self.device)
         self.learner = _construct(
@@ -182,6 +184,23 @@ class Trainer:
         self.best_validation = -math.inf
         #: set (e.g. by a signal handler) to stop after the iteration in progress
         self.stop_requested = False
+
+    def use_family(self, name: str, env_kwargs: dict[str, Any]) -> None:
+        """Adapt and evaluate on tasks of family `name` from now on (e.g. a benchmark's test split).
+
+        Its observations and actions must have the shapes the policy was built for.
+        """
+        if not isinstance(env_kwargs, dict):
+            raise ConfigError(f"env_kwargs: {env_kwargs!r} is not a mapping of keyword arguments")
+        family = make_family(dataclasses.replace(self.config, env=name, env_kwargs=env_kwargs))
+        spaces = probe_spaces(family, name)
+        if [space_signature(s) for s in spaces] != [space_signature(s) for s in self.spaces]:
+            raise ConfigError(
+                f"env {name!r} has observation and action spaces {spaces}, but the run's policy was built for "
+                f"{self.spaces} ({self.config.env!r})"
+            )
+        self.family = self.learner.family = family
+        self.family_name, self.family_kwargs = name, env_kwargs
 
     def start_run(self, logdir: Path) -> Path | None:
         """Create the run directory and write the resolved config into it (rank 0 only; None elsewhere)."""

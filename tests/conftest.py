@@ -12,7 +12,7 @@ import torch
 from metarl.algos.advantages import compute_advantages
 from metarl.policies import GaussianMLP
 from metarl.policies.batched import detach, stack
-from metarl.sampling import Episodes, make_vector_env, sample_episodes
+from metarl.sampling import Episodes, VectorTaskEnv, make_vector_env, sample_episodes
 from metarl_envs.navigation import Navigation2D
 
 
@@ -30,7 +30,7 @@ def small_batch(num_tasks: int = 4, episodes: int = 5, horizon: int = 12, seed: 
     return policy, family, tasks, episodes_
 
 
-class _DoubleEnv:
+class _DoubleEnv(VectorTaskEnv):
     """Wraps a VectorTaskEnv so observations come out in float64 (for finite differences)."""
 
     def __init__(self, env):

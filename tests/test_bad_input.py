@@ -235,3 +235,18 @@ def test_debug_shows_the_traceback(capsys):
     assert main(["--debug", "train", "--env", "navigaton-2d"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" in err and "UnknownNameError" in err
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--env", "point-reach"], "but the run's policy was built for"),
+        (["--env", "navigation-3d"], "Did you mean 'navigation-2d'"),
+        (["--env-kwargs", "[1, 2]"], "env_kwargs: [1, 2] is not a mapping"),
+        (["--env-kwargs", "{bad: 1}"], "env 'navigation-2d' (env_kwargs): got an unexpected keyword argument 'bad'"),
+    ],
+)
+def test_bad_evaluation_family(finished_run, args, needle, capsys):
+    assert main(["evaluate", str(finished_run), "--tasks", "2", "--steps", "0", *args]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert needle in line

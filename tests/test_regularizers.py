@@ -155,6 +155,5 @@ def test_gradient_reaches_theta_through_the_inner_step(setup, name: str) -> None
 
 def test_consistency_needs_two_tasks(setup) -> None:
     policy, params, train, valid = setup
-    one = Episodes(**{k: v[:1] for k, v in vars(train).items()})
     with pytest.raises(ConfigError, match="meta_batch_size"):
-        _value("consistency", policy, params, one, Episodes(**{k: v[:1] for k, v in vars(valid).items()}))
+        _value("consistency", policy, params, train[:1], valid[:1])

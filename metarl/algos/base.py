@@ -142,14 +142,22 @@ class MetaLearner:
         metrics = self.update(batch) if ok else self.refused()
         end = time.perf_counter()
         returns_before = batch.train.episode_returns()
-        before, after, episodes, env_steps = distributed.sum_over_ranks(
-            [
-                returns_before.sum().item(),
-                valid.episode_returns().sum().item() if valid is not None else math.nan,
-                float(returns_before.numel()),
-                float(batch.train.num_steps + (valid.num_steps if valid is not None else 0)),
+        sums = [
+            returns_before.sum().item(),
+            valid.episode_returns().sum().item() if valid is not None else math.nan,
+            float(returns_before.numel()),
+            float(batch.train.num_steps + (valid.num_steps if valid is not None else 0)),
+        ]
+        reports_success = batch.train.success is not None
+        if reports_success:
+            sums += [
+                batch.train.success.sum().item(),
+                valid.success.sum().item() if valid is not None else math.nan,
             ]
-        )
+        before, after, episodes, env_steps, *successes = distributed.sum_over_ranks(sums)
+        if reports_success:
+            metrics["success_rate/before_adaptation"] = successes[0] / episodes
+            metrics["success_rate/after_adaptation"] = successes[1] / episodes
         metrics.update(
             {
                 "return/before_adaptation": before / episodes,

@@ -11,7 +11,8 @@ import torch
 class Episodes:
     """Episodes of several tasks. `mask` is 1 while an episode runs and 0 after it ended.
 
-    Indexing with a task number gives that task's batch, with the leading task dimension removed.
+    Indexing with a task number gives that task's batch, with the leading task dimension removed;
+    a slice gives a batch of those tasks.
     """
 
     observations: torch.Tensor  # [T, E, H, obs_dim]
@@ -19,11 +20,12 @@ class Episodes:
     rewards: torch.Tensor  # [T, E, H]
     mask: torch.Tensor  # [T, E, H]
     advantages: torch.Tensor | None = None  # [T, E, H], set by the learner
+    success: torch.Tensor | None = None  # [T, E], 1 where the episode reached success; None if not reported
 
     def __len__(self) -> int:
         return self.rewards.shape[0]
 
-    def __getitem__(self, task: int) -> Episodes:
+    def __getitem__(self, task: int | slice) -> Episodes:
         return Episodes(**{f.name: None if (v := getattr(self, f.name)) is None else v[task] for f in fields(self)})
 
     def tasks(self) -> list[Episodes]:

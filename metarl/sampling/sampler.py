@@ -34,4 +34,5 @@ def sample_episodes(
         actions=torch.stack(actions, dim=2),
         rewards=torch.stack(rewards, dim=2),
         mask=torch.stack(masks, dim=2),
+        success=env.episode_successes(),
     )

@@ -39,6 +39,11 @@ class VectorTaskEnv:
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def episode_successes(self) -> torch.Tensor | None:
+        """[num_tasks, episodes_per_task]: whether each episode since `reset` reported success
+        (`info["success"]`, as Meta-World does), or None when the env reports no success."""
+        return None
+
     def close(self) -> None:
         """Release resources (nothing by default)."""
 
@@ -48,6 +53,11 @@ def check_spaces(observation_space: gym.Space, action_space: gym.Space, where: s
     for role, space in (("observation", observation_space), ("action", action_space)):
         if not isinstance(space, (gym.spaces.Box, gym.spaces.Discrete)):
             raise PluginError(f"{where}: unsupported {role} space {space!r}; metarl supports Box and Discrete")
+
+
+def space_signature(space: gym.Space) -> tuple:
+    """What a policy depends on in a Box or Discrete space: its kind and shape (Box bounds may differ)."""
+    return (type(space).__name__, int(space.n)) if isinstance(space, gym.spaces.Discrete) else ("Box", space.shape)
 
 
 def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -97,9 +107,12 @@ class GymVectorTaskEnv(VectorTaskEnv):
             else int(self.observation_space.n)
         )
         self._done = np.zeros(len(self.envs), dtype=bool)
+        self._success = np.zeros(len(self.envs), dtype=bool)
+        self._reports_success = False
 
     def reset(self, seed: int) -> torch.Tensor:
         self._done[:] = False
+        self._success[:] = False
         rows = [_to_float(self.observation_space, env.reset(seed=seed + i)[0]) for i, env in enumerate(self.envs)]
         array = np.stack(rows).reshape(self.num_tasks, self.episodes_per_task, self._obs_dim)
         return to_device(array, self.device)
@@ -115,13 +128,21 @@ class GymVectorTaskEnv(VectorTaskEnv):
                 rows.append(zero)
                 continue
             action = int(flat[i]) if isinstance(self.action_space, gym.spaces.Discrete) else flat[i]
-            obs, reward, terminated, truncated, _ = env.step(action)
+            obs, reward, terminated, truncated, info = env.step(action)
             rows.append(_to_float(self.observation_space, obs))
             rewards[i] = reward
             self._done[i] = terminated or truncated
+            if "success" in info:
+                self._reports_success = True
+                self._success[i] |= bool(info["success"])
         return step_to_device(
             np.stack(rows), rewards, self._done, (self.num_tasks, self.episodes_per_task), self.device
         )
+
+    def episode_successes(self) -> torch.Tensor | None:
+        if not self._reports_success:
+            return None
+        return torch.from_numpy(self._success.reshape(self.num_tasks, self.episodes_per_task)).float().to(self.device)
 
     def close(self) -> None:
         for env in self.envs:
