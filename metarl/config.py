@@ -74,6 +74,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_kl": (_positive, "a positive number"),
     "cg_iters": (_positive_int, "a positive integer"),
     "cg_damping": (lambda v: _number(v) and v >= 0, "a non-negative number"),
+    "cg_subsample": (lambda v: _number(v) and 0 < v <= 1, "a fraction in (0, 1]"),
     "ls_max_steps": (_positive_int, "a positive integer"),
     "ls_backtrack_ratio": (_open_unit_interval, "a number strictly between 0 and 1"),
     "outer_lr": (_positive, "a positive number"),
@@ -118,6 +119,7 @@ class Config:
     max_kl: float = 0.01
     cg_iters: int = 10
     cg_damping: float = 1e-5
+    cg_subsample: float = 1.0  # fraction of each task's episodes in the Fisher-vector products
     ls_max_steps: int = 15
     ls_backtrack_ratio: float = 0.8
     # Adam outer step (promp, maml-vpg, meta-sgd, e-maml); ProMP's values follow its paper's config

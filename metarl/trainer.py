@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import math
 import random
@@ -192,7 +191,7 @@ class Trainer:
         """
         if not isinstance(env_kwargs, dict):
             raise ConfigError(f"env_kwargs: {env_kwargs!r} is not a mapping of keyword arguments")
-        family = make_family(dataclasses.replace(self.config, env=name, env_kwargs=env_kwargs))
+        family = make_family(self.config.replace(env=name, env_kwargs=env_kwargs))
         spaces = probe_spaces(family, name)
         if [space_signature(s) for s in spaces] != [space_signature(s) for s in self.spaces]:
             raise ConfigError(

@@ -1,11 +1,12 @@
 """Time MAML-TRPO meta-iterations on navigation-2d and its sampler against Gymnasium's vector env.
 
-Prints seconds per meta-iteration split into sampling, adaptation and outer step, and env steps per
+Prints seconds per meta-iteration split into sampling, adaptation and outer step (with the exact
+Fisher-vector products and with TRPO's subsampled ones, `cg_subsample`), and env steps per
 second of one meta-batch rollout (20 tasks × 20 episodes × 100 steps) through
   (a) metarl's tensor fast path, (b) metarl's generic `make_env` path, (c) Gymnasium's SyncVectorEnv
   over the same 400 envs with one batched policy forward per step.
 
-    python scripts/bench_navigation.py [--iterations 5] [--threads 2]
+    python scripts/bench_navigation.py [--iterations 5] [--threads 2] [--cg-subsample 1.0 0.1]
 """
 
 from __future__ import annotations
@@ -26,18 +27,23 @@ from metarl.trainer import Trainer
 from metarl_envs.navigation import Navigation2D, Navigation2DEnv
 
 
-def time_iterations(iterations: int) -> None:
-    config = build_config(Navigation2D.reference_config(), {"seed": 0})
-    trainer = Trainer(config)
-    trainer.train(1)  # warm-up
-    history = trainer.train(1 + iterations)
+def time_iterations(iterations: int, subsamples: list[float]) -> None:
+    """Median seconds per meta-iteration, split, for each `cg_subsample` (one trainer each, same seed)."""
     keys = ["perf/iteration_s", "perf/sampling_s", "perf/adaptation_s", "perf/outer_step_s", "perf/env_steps_per_s"]
+    medians = {}
+    for fraction in subsamples:
+        config = build_config(Navigation2D.reference_config(), {"seed": 0, "cg_subsample": fraction, "eval_every": 0})
+        trainer = Trainer(config)
+        trainer.train(1)  # warm-up
+        history = trainer.train(1 + iterations)
+        medians[fraction] = {key: statistics.median(m[key] for m in history) for key in keys}
     print(
         f"MAML-TRPO navigation-2d, meta-batch {config.meta_batch_size} × {config.fast_batch_size} episodes "
-        f"× horizon {config.horizon}, {iterations} iterations after one warm-up (median):"
+        f"× horizon {config.horizon}, {iterations} iterations after one warm-up (median), by cg_subsample:"
     )
+    print(f"  {'':<24}" + "".join(f"{f:>10g}" for f in subsamples))
     for key in keys:
-        print(f"  {key:<24} {statistics.median(m[key] for m in history):10.3f}")
+        print(f"  {key:<24}" + "".join(f"{medians[f][key]:10.3f}" for f in subsamples))
 
 
 def time_sampling(repeats: int) -> None:
@@ -78,11 +84,14 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--cg-subsample", type=float, nargs="+", default=[1.0, 0.1], help="fractions of episodes in the Fisher products"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}")
     time_sampling(args.repeats)
-    time_iterations(args.iterations)
+    time_iterations(args.iterations, args.cg_subsample)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """The MAML Fisher-vector product Σᵢ Jᵢᵀ Fᵢ Jᵢ v against the direct Hessian of the KL through adaptation."""
 
+from types import SimpleNamespace
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -99,3 +101,24 @@ def test_trpo_update_takes_the_direct_natural_step():
     expected = flatten(before) - metrics["train/step_size"] * step
     assert _relative_error(flatten(theta).detach(), expected) < 1e-8
     assert np.isclose(metrics["train/expected_improvement"], metrics["train/step_size"] * (grad @ step).item())
+
+
+def test_subsampled_fisher_product_is_the_direct_one_on_the_first_episodes():
+    """cg_subsample = 0.5: the product equals the direct Hessian of the KL on the first half of each
+    task's validation episodes, through an inner step on the first half of its train episodes, at the
+    sampled θᵢ' (the inner step's Jacobian from the subsample, the Fisher where the episodes came from)."""
+    learner, params, adaptation, batch = _setup(False, 1)
+    learner.config = learner.config.replace(cg_subsample=0.5)
+    half = EPISODES // 2
+    train, valid = batch.train.first_episodes(half), batch.valid.first_episodes(half)
+    assert train.observations.shape[:2] == (TASKS, half)
+    sub = MetaBatch(train, valid, batch.old_adapted, batch.old_log_probs[:, :half])
+    on_half = learner.adapt(params, train, False).params
+    # θᵢ'(θ) with the subsample's Jacobian, equal to the sampled θᵢ' at this θ
+    moved = {n: on_half[n] - on_half[n].detach() + batch.old_adapted[n] for n in on_half}
+    direct = _direct_fvp(learner, params, SimpleNamespace(params=moved), sub)
+    fast = learner._fisher_product(params, adaptation, batch)
+    full = _direct_fvp(learner, params, adaptation, batch)
+    v = torch.randn(sum(p.numel() for p in params.values()), dtype=torch.float64)
+    assert _relative_error(fast(v), direct(v)) < 1e-8
+    assert _relative_error(fast(v), full(v)) > 1e-2, "the subsample must differ from the full product here"

@@ -13,8 +13,9 @@ def _train(iterations: int, **overrides) -> list[dict[str, float]]:
     return Trainer(config).train(iterations)
 
 
-def test_navigation_default_config_learns_to_adapt():
-    history = _train(10)
+@pytest.mark.parametrize("cg_subsample", [1.0, 0.2], ids=["default", "subsampled-fisher"])
+def test_navigation_default_config_learns_to_adapt(cg_subsample):
+    history = _train(10, cg_subsample=cg_subsample)
     before = np.array([m["return/before_adaptation"] for m in history])
     after = np.array([m["return/after_adaptation"] for m in history])
     assert after[-3:].mean() > before[-3:].mean() + 5.0  # one gradient step helps on new tasks

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -36,16 +37,20 @@ def test_observation_holds_previous_action_reward_and_done():
     goal = np.asarray(info["task"]["goal"])
     assert env.observation_space.shape == (2 + 2 + 2,)
     np.testing.assert_array_equal(obs, np.zeros(6))  # origin, no previous action, reward 0, not done
-    action = np.array([0.05, -0.1], dtype=np.float32)
+    # navigation's actions are bounded by ±0.1; the policy acts in [−1, 1]
+    assert env.action_space == gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+    action = np.array([0.5, -1.0], dtype=np.float32)
     obs, reward, terminated, truncated, _ = env.step(action)
     assert not terminated and not truncated
-    np.testing.assert_allclose(obs[:2], action)
+    applied = np.array([0.05, -0.1])
+    np.testing.assert_allclose(obs[:2], applied, rtol=1e-6)
     np.testing.assert_allclose(obs[2:4], action)
-    assert obs[4] == pytest.approx(reward) == pytest.approx(-np.linalg.norm(action - goal), rel=1e-5)
+    assert obs[4] == pytest.approx(reward) == pytest.approx(-np.linalg.norm(applied - goal), rel=1e-5)
     assert obs[5] == 0.0
-    # out-of-bounds actions appear as the env applied them (clipped)
-    obs, *_ = env.step(np.array([1.0, 0.0]))
-    np.testing.assert_allclose(obs[2:4], [0.1, 0.0])
+    # out-of-bounds actions appear clipped, as the env applied them
+    obs, *_ = env.step(np.array([3.0, 0.0]))
+    np.testing.assert_allclose(obs[2:4], [1.0, 0.0])
+    np.testing.assert_allclose(obs[:2], applied + [0.1, 0.0], rtol=1e-6)
 
 
 def test_trial_ends_after_its_episodes_and_the_task_changes_between_trials():
@@ -150,3 +155,15 @@ def test_cli_evaluates_an_rl2_run(tmp_path, capsys):
     assert main(["adapt", str(run_dir), "--task", '{"goal": [0.1, 0.1]}', "--out", str(out)]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "adapts through memory" in line and not out.exists()
+
+
+def test_short_run_improves_the_return_after_adaptation():
+    """40 PPO updates on navigation-2d trials (20 tasks × 2 episodes × 20 steps each): the return of the
+    trials' second episode, after a first episode of experience, rises above where it started."""
+    config = build_config(
+        Navigation2D.reference_config(),
+        {**SMALL, "meta_batch_size": 20, "horizon": 20, "outer_lr": 3e-3},
+    )
+    history = Trainer(config).train(40)
+    after = np.array([m["return/after_adaptation"] for m in history])
+    assert after[-10:].mean() > after[:10].mean() + 0.8, after.round(2)

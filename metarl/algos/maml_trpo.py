@@ -92,7 +92,12 @@ class MAMLTRPO(MetaLearner):
         Fᵢ is the KL's Hessian at θᵢ', taken w.r.t. θᵢ' directly. The chain rule's other term,
         ∇θᵢ' KL · ∇²θ θᵢ', vanishes because the KL is minimal (zero) at θ. This replaces a
         third-order backward through the inner step by second-order ones.
+
+        With `cg_subsample` < 1 the product uses only the first that fraction of each task's episodes
+        (train episodes for Jᵢ, validation episodes for Fᵢ), as TRPO estimates the Fisher on a
+        subsample; the gradient, the step's KL scaling and the line search use every episode.
         """
+        batch, adaptation = self._subsample(params, adaptation, batch)
         at = {name: p.detach().requires_grad_() for name, p in batch.old_adapted.items()}
         fisher = fisher_vector_product(self._mean_kl(at, batch), list(at.values()), 0.0)
 
@@ -102,6 +107,16 @@ class MAMLTRPO(MetaLearner):
             return distributed.all_reduce_sum(flatten(list(pulled.values()))) + self.config.cg_damping * v
 
         return product
+
+    def _subsample(self, params: Params, adaptation: Adaptation, batch: MetaBatch) -> tuple[MetaBatch, Adaptation]:
+        """The first `cg_subsample` of each task's episodes, and the inner step (for Jᵢ) on those."""
+        episodes = batch.train.rewards.shape[1]
+        keep = max(1, math.ceil(self.config.cg_subsample * episodes))
+        if keep >= episodes:
+            return batch, adaptation
+        train, valid = batch.train.first_episodes(keep), batch.valid.first_episodes(keep)
+        sub = MetaBatch(train, valid, batch.old_adapted, batch.old_log_probs[:, :keep], batch.total_tasks)
+        return sub, self.adapt(params, train, self.config.first_order)
 
     def update(self, sampled: SampledBatch) -> dict[str, float]:
         """TRPO step on θ from the sampled meta-batch (θ unchanged if no step is accepted)."""

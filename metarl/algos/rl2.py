@@ -34,6 +34,9 @@ from metarl.tasks import TaskDistribution
 
 #: episodes of the same task in one training trial (a constant: the config has no field for it)
 EPISODES_PER_TRIAL = 2
+#: PPO minibatches per epoch: sb3-contrib steps the LSTM through each minibatch's sequences one time
+#: step at a time, so an epoch costs about this many passes over the trial length
+RL2_MINIBATCHES = 1
 #: `info` key, at a trial's end, of the list of its inner episodes' returns
 TRIAL_RETURNS = "rl2_episode_returns"
 
@@ -43,7 +46,8 @@ class RL2Env(gym.Env):
 
     With `task` given, every trial is of that task (evaluation). Observation layout:
     `[obs (flattened) | previous action (flattened) | previous reward | previous step ended an episode]`,
-    zeros for the last three at the start of a trial.
+    zeros for the last three at the start of a trial. A bounded Box action space is offered as [−1, 1]
+    (the previous action is shown in that scale) and mapped onto the task's bounds.
     """
 
     metadata = {"render_modes": []}
@@ -63,7 +67,8 @@ class RL2Env(gym.Env):
         self.task_rng = rng if rng is not None else np.random.default_rng(0)
         self.task = task if task is not None else family.sample_tasks(1, self.task_rng)[0]
         self.env = family.make_env(self.task)
-        self.inner_observation_space, self.action_space = self.env.observation_space, self.env.action_space
+        self.inner_observation_space, self.inner_action_space = self.env.observation_space, self.env.action_space
+        self.action_space = _normalized(self.inner_action_space)
         self.obs_dim = gym.spaces.flatdim(self.inner_observation_space)
         self.action_dim = gym.spaces.flatdim(self.action_space)
         size = self.obs_dim + self.action_dim + 2
@@ -107,7 +112,7 @@ class RL2Env(gym.Env):
             action = np.clip(
                 np.asarray(action, dtype=self.action_space.dtype), self.action_space.low, self.action_space.high
             ).reshape(self.action_space.shape)
-        obs, reward, terminated, truncated, _ = self.env.step(action)
+        obs, reward, terminated, truncated, _ = self.env.step(self._to_task_action(action))
         reward = float(reward)
         self.t += 1
         self.episode_return += reward
@@ -123,8 +128,22 @@ class RL2Env(gym.Env):
         obs = self._reset_inner()  # the next episode of the same trial starts from the task's initial state
         return self._observation(obs, action, reward, True), reward, False, False, info
 
+    def _to_task_action(self, action: Any) -> Any:
+        """A normalized action in [−1, 1] mapped affinely onto the task env's bounds."""
+        if self.action_space is self.inner_action_space:
+            return action
+        low, high = self.inner_action_space.low, self.inner_action_space.high
+        return (low + (action + 1.0) * 0.5 * (high - low)).astype(self.inner_action_space.dtype)
+
     def close(self) -> None:
         self.env.close()
+
+
+def _normalized(space: gym.Space) -> gym.Space:
+    """[−1, 1] in place of a bounded Box (what PPO's Gaussian policy expects); other spaces as they are."""
+    if isinstance(space, gym.spaces.Box) and space.is_bounded("both"):
+        return gym.spaces.Box(-1.0, 1.0, shape=space.shape, dtype=np.float32)
+    return space
 
 
 def _trial_callback():
@@ -189,7 +208,8 @@ class RL2(MetaLearner):
             "MlpLstmPolicy",
             self.vec_env,
             n_steps=self.n_steps,
-            batch_size=max(1, total // 4),
+            batch_size=max(1, total // RL2_MINIBATCHES),
+            learning_rate=config.outer_lr,
             gamma=config.gamma,
             seed=config.seed,
             device="cpu",

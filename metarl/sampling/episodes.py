@@ -25,8 +25,16 @@ class Episodes:
     def __len__(self) -> int:
         return self.rewards.shape[0]
 
+    def _index(self, index: int | slice | tuple[slice, ...]) -> Episodes:
+        """Every field indexed with `index` (a field that is None stays None)."""
+        return Episodes(**{f.name: None if (v := getattr(self, f.name)) is None else v[index] for f in fields(self)})
+
     def __getitem__(self, task: int | slice) -> Episodes:
-        return Episodes(**{f.name: None if (v := getattr(self, f.name)) is None else v[task] for f in fields(self)})
+        return self._index(task)
+
+    def first_episodes(self, count: int) -> Episodes:
+        """The first `count` episodes of every task."""
+        return self._index((slice(None), slice(None, count)))
 
     def tasks(self) -> list[Episodes]:
         """One batch per task."""
