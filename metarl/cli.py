@@ -286,6 +286,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     with SummaryWriter(log_dir=str(args.run_dir)) as writer:
         for row in result.summary():
             writer.add_scalar("evaluation/return_by_inner_steps", row["mean"], row["step"])
+            if "success_rate" in row:
+                writer.add_scalar("evaluation/success_rate_by_inner_steps", row["success_rate"], row["step"])
         for row in baselines.get("pretrained", {}).get("summary", []):
             writer.add_scalar("evaluation/pretrained_return_by_inner_steps", row["mean"], row["step"])
         if args.video:

@@ -37,15 +37,18 @@ class AdaptationResult:
     tasks: list[dict[str, Any]]
     returns: np.ndarray  # [num_tasks, K + 1]
     adapted_params: Params  # stacked per task, after the K steps
+    success: np.ndarray | None = None  # [num_tasks, K + 1] fraction of episodes that succeeded, if reported
 
     def summary(self) -> list[dict[str, float]]:
-        """Per step: mean over tasks and a 95 % normal interval of that mean."""
+        """Per step: mean over tasks and a 95 % normal interval of that mean (and the success rate)."""
         rows = []
         n = self.returns.shape[0]
         for step, column in enumerate(self.returns.T):
             mean = float(column.mean())
             half = 1.96 * float(column.std(ddof=1)) / math.sqrt(n) if n > 1 else float("nan")
             rows.append({"step": step, "mean": mean, "ci_low": mean - half, "ci_high": mean + half})
+            if self.success is not None:
+                rows[-1]["success_rate"] = float(self.success[:, step].mean())
         return rows
 
 
@@ -72,11 +75,13 @@ def evaluate_adaptation(
     horizon = config.horizon or family.max_episode_steps
     rng = np.random.default_rng(seed)
     params: Params = stack(detach(dict(policy.named_parameters())), len(tasks))
-    returns = []
+    returns, successes = [], []
     try:
         for step in range(steps + 1):
             batch = sample_episodes(policy, params, env, horizon, int(rng.integers(2**31 - 1)))
             returns.append(batch.episode_returns().mean(-1).cpu().numpy())
+            if batch.success is not None:
+                successes.append(batch.success.mean(-1).cpu().numpy())
             if step < steps:
                 batch = batch.with_advantages(
                     compute_advantages(batch, config.gamma, config.gae_lambda, config.normalize_advantages)
@@ -86,13 +91,18 @@ def evaluate_adaptation(
                 params = detach(adapt_stacked(policy, leaf, batch, lr, 1, first_order=True).params)
     finally:
         env.close()
-    return AdaptationResult(tasks, np.stack(returns, axis=1), params)
+    success = np.stack(successes, axis=1) if successes else None
+    return AdaptationResult(tasks, np.stack(returns, axis=1), params, success)
 
 
 def format_table(rows: list[dict[str, float]]) -> str:
     """The summary as aligned text: one line per number of inner steps."""
-    lines = [f"{'steps':>5}  {'mean return':>12}  95% interval"]
-    lines += [f"{r['step']:>5}  {r['mean']:>12.2f}  [{r['ci_low']:.2f}, {r['ci_high']:.2f}]" for r in rows]
+    success = "success_rate" in rows[0]
+    lines = [f"{'steps':>5}  {'mean return':>12}  95% interval" + ("      success rate" if success else "")]
+    for r in rows:
+        interval = f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+        rate = f"  {r['success_rate']:>16.3f}" if success else ""
+        lines.append(f"{r['step']:>5}  {r['mean']:>12.2f}  {interval}{rate}")
     return "\n".join(lines)
 
 
@@ -102,11 +112,11 @@ def write_evaluation(run_dir: Path, result: AdaptationResult, meta: dict[str, An
 
     rows = result.summary()
     num_tasks = result.returns.shape[0]
-    header = ["step", "mean", "ci_low", "ci_high", *(f"task_{i}" for i in range(num_tasks))]
+    summary_keys = list(rows[0])
+    header = [*summary_keys, *(f"task_{i}" for i in range(num_tasks))]
     lines = [",".join(header)]
     for row, column in zip(rows, result.returns.T):
-        values = [row["step"], row["mean"], row["ci_low"], row["ci_high"], *column.tolist()]
-        lines.append(",".join(str(v) for v in values))
+        lines.append(",".join(str(v) for v in [*(row[k] for k in summary_keys), *column.tolist()]))
     csv_path, json_path, png_path = (
         run_dir / "evaluation.csv",
         run_dir / "evaluation.json",
@@ -114,6 +124,8 @@ def write_evaluation(run_dir: Path, result: AdaptationResult, meta: dict[str, An
     )
     atomic_write(csv_path, ("\n".join(lines) + "\n").encode())
     document = {**meta, "summary": rows, "returns": result.returns.tolist(), "tasks": result.tasks}
+    if result.success is not None:
+        document["success"] = result.success.tolist()
     atomic_write(json_path, json.dumps(document, indent=2).encode())
     plot_adaptation_curves({"meta-learned": rows}, f"{meta.get('env', '')}: adaptation on held-out tasks", png_path)
     return [csv_path, json_path, png_path]

@@ -1,17 +1,22 @@
 """Success rates: envs that report `info["success"]` (as Meta-World does) get it sampled and logged."""
 
+import csv
+import json
+import sys
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import pytest
 import torch
 
 from metarl import registry
 from metarl.config import build_config
+from metarl.evaluation import evaluate_adaptation, format_table, write_evaluation
 from metarl.policies import GaussianMLP
 from metarl.policies.batched import stack
 from metarl.sampling import GymVectorTaskEnv, make_vector_env, sample_episodes
-from metarl.trainer import Trainer
+from metarl.trainer import Trainer, probe_spaces
 from metarl_envs.navigation import Navigation2D
 
 RADIUS = 0.3
@@ -66,3 +71,32 @@ def test_training_logs_success_rates_beside_returns() -> None:
         assert 0.0 <= metrics[f"success_rate/{when}_adaptation"] <= 1.0
     trained = Trainer(build_config({**config.to_dict(), "env": "navigation-2d"})).train(1)[0]
     assert not any(tag.startswith("success_rate/") for tag in trained)
+
+
+@pytest.mark.parametrize("radius,expected", [(10.0, 1.0), (0.0, 0.0)])
+def test_evaluation_reports_success_rates(tmp_path, radius, expected, monkeypatch) -> None:
+    """Every episode succeeds within a radius of 10 and none within 0: the rates pass through unchanged."""
+    monkeypatch.setattr(sys.modules[__name__], "RADIUS", radius)
+    family = NavigationWithSuccess()
+    config = build_config({"env": "navigation-2d", "hidden_sizes": [8], "horizon": 10})
+    policy = GaussianMLP(*probe_spaces(family, "navigation-with-success"), hidden_sizes=[8])
+    tasks = family.sample_tasks(3, np.random.default_rng(0))
+    result = evaluate_adaptation(policy, family, config, tasks, 2, 4, 0, torch.device("cpu"))
+    assert result.success.shape == (3, 3) and (result.success == expected).all()
+    assert [row["success_rate"] for row in result.summary()] == [expected] * 3
+    assert "success rate" in format_table(result.summary())
+    write_evaluation(tmp_path, result, {"env": "navigation-with-success"})
+    with (tmp_path / "evaluation.csv").open() as f:
+        assert [float(r["success_rate"]) for r in csv.DictReader(f)] == [expected] * 3
+    assert json.loads((tmp_path / "evaluation.json").read_text())["success"] == result.success.tolist()
+
+
+def test_evaluation_without_success_has_no_success_column(tmp_path) -> None:
+    family = Navigation2D()
+    config = build_config({"env": "navigation-2d", "hidden_sizes": [8], "horizon": 10})
+    policy = GaussianMLP(*probe_spaces(family, "navigation-2d"), hidden_sizes=[8])
+    result = evaluate_adaptation(policy, family, config, family.sample_tasks(2, np.random.default_rng(0)), 1, 2, 0,
+                                 torch.device("cpu"))  # fmt: skip
+    assert result.success is None and "success_rate" not in result.summary()[0]
+    write_evaluation(tmp_path, result, {})
+    assert "success" not in (tmp_path / "evaluation.csv").read_text()
