@@ -127,3 +127,5 @@ def test_short_ml1_reach_training_logs_return_and_success_rate(tmp_path: Path) -
     evaluated = json.loads((run_dir / "evaluation.json").read_text())
     assert evaluated["evaluated_on"] == {"env": "metaworld-ml1-reach", "env_kwargs": {"split": "test"}}
     assert np.array(evaluated["returns"]).shape == (2, 2)
+    assert np.array(evaluated["success"]).shape == (2, 2)
+    assert "success rate" in done.stdout
