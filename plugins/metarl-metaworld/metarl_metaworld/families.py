@@ -32,7 +32,7 @@ class PooledEnv(gym.Wrapper):
 
     def __init__(self, env: gym.Env, pool: list[gym.Env]) -> None:
         super().__init__(env)
-        self._pool = pool
+        self._pool: list[gym.Env] | None = pool
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         # Meta-World's reset ignores `seed`; its own `seed` method reseeds the env's generators
@@ -41,7 +41,9 @@ class PooledEnv(gym.Wrapper):
         return self.env.reset(options=options)
 
     def close(self) -> None:
-        self._pool.append(self.env)
+        if self._pool is not None:  # a second close must not lend the env out twice
+            self._pool.append(self.env)
+            self._pool = None
 
 
 class MetaWorldFamily(TaskDistribution):

@@ -98,6 +98,8 @@ def test_envs_are_reused_across_meta_batches() -> None:
     assert {id(e.unwrapped) for e in second.envs} == built
     check_env(second.envs[0], skip_render_check=True)
     second.close()
+    second.envs[0].close()  # closing twice returns it once
+    assert len(family._pools["reach-v3"]) == 6
 
 
 def test_short_ml1_reach_training_logs_return_and_success_rate(tmp_path: Path) -> None:
