@@ -1,6 +1,7 @@
 """Every installed meta-learner on the same task families with the same env-step budget.
 
-    python scripts/compare_learners.py [--iterations-navigation 20] [--iterations-halfcheetah 15] [--algos ...]
+    python scripts/compare_learners.py [--iterations-navigation 20] [--iterations-halfcheetah 15]
+                                       [--algos NAME...] [--envs NAME...]
 
 Each learner runs with its family's reference config (navigation-2d: 20 tasks × 20 episodes × 100 steps;
 halfcheetah-dir here with 10 tasks × 10 episodes × 100 steps) and the same seed, until it has taken as
@@ -58,9 +59,11 @@ def main() -> None:
     parser.add_argument("--iterations-halfcheetah", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--algos", nargs="+", help="learners to run (default: every installed one)")
+    parser.add_argument("--envs", nargs="+", choices=list(SETTINGS), default=list(SETTINGS), help="task families")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    budgets = {"navigation-2d": args.iterations_navigation, "halfcheetah-dir": args.iterations_halfcheetah}
+    iterations = {"navigation-2d": args.iterations_navigation, "halfcheetah-dir": args.iterations_halfcheetah}
+    budgets = {env: iterations[env] for env in args.envs}
     print("| env | learner | iterations | env steps | return before | return after | wall-clock s |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for env, iterations in budgets.items():
