@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
+
+from metarl.checkpoint import atomic_write
 
 PROGRESS_FILE = "progress.csv"
 
@@ -20,11 +23,15 @@ def _hparam_value(value: Any) -> int | float | str | bool:
 
 
 class RunLogger:
-    """Writes each iteration's metrics to TensorBoard (scalars) and `progress.csv` in the run directory."""
+    """Writes each iteration's metrics to TensorBoard (scalars) and `progress.csv` in the run directory.
 
-    def __init__(self, run_dir: Path, config: dict[str, Any], metric_tags: list[str]) -> None:
+    A run resumed after iteration `done` (its checkpoint's) may have logged later iterations before it
+    stopped; those rows are dropped from the CSV and purged from TensorBoard, as they are logged again.
+    """
+
+    def __init__(self, run_dir: Path, config: dict[str, Any], metric_tags: list[str], done: int = 0) -> None:
         self.run_dir = run_dir
-        self.writer = SummaryWriter(log_dir=str(run_dir))
+        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=done + 1 if done else None)
         # Written into the run's own event file (SummaryWriter.add_hparams would open a second run).
         experiment, start, end = hparams(
             {k: _hparam_value(v) for k, v in config.items()}, {tag: math.nan for tag in metric_tags}
@@ -34,8 +41,17 @@ class RunLogger:
         self._csv_path = run_dir / PROGRESS_FILE
         self._columns: list[str] | None = None
         if self._csv_path.exists():  # a resumed run appends under the existing header
-            with self._csv_path.open(newline="") as f:
-                self._columns = next(csv.reader(f), None)
+            self._drop_rows_after(done)
+
+    def _drop_rows_after(self, done: int) -> None:
+        with self._csv_path.open(newline="") as f:
+            rows = list(csv.reader(f))
+        self._columns = rows[0] if rows else None
+        kept = rows[:1] + [row for row in rows[1:] if int(row[0]) <= done]
+        if len(kept) < len(rows):
+            text = io.StringIO()
+            csv.writer(text).writerows(kept)
+            atomic_write(self._csv_path, text.getvalue().encode())
 
     def log(self, iteration: int, metrics: dict[str, float]) -> None:
         """Record `metrics` at step `iteration` as one CSV row, and in TensorBoard unless NaN (not measured)."""

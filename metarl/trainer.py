@@ -274,7 +274,7 @@ class Trainer:
         run with a MetarlError. Across processes, θ starts from rank 0's, and a stop asked of any
         rank stops all of them after the iteration.
         """
-        logger = RunLogger(self.run_dir, self.config.to_dict(), SUMMARY_TAGS) if self.run_dir else None
+        logger = RunLogger(self.run_dir, self.config.to_dict(), SUMMARY_TAGS, self.iteration) if self.run_dir else None
         history, start, refused_in_a_row = [], time.perf_counter(), 0
         distributed.broadcast_module(self.policy)
         try:

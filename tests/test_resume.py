@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_cli import SMALL, metarl
 
 from metarl import registry
@@ -40,12 +41,19 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     assert metarl(*common, "--iterations", "6", "--logdir", str(tmp_path / "full")).returncode == 0
     assert metarl(*common, "--iterations", "3", "--logdir", str(tmp_path / "split")).returncode == 0
     split = _only_run(tmp_path / "split")
+    # As if killed after logging iteration 3 but before its checkpoint: the resume starts after 2.
+    (split / "checkpoints" / "iter-000003.pt").unlink()
     resumed = metarl("train", "--resume", str(split), "--iterations", "6", "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
     full = _only_run(tmp_path / "full")
     for column in ("return/before_adaptation", "return/after_adaptation", "train/kl"):
         assert _column(split, column) == _column(full, column), column
-    assert _column(split, "iteration") == ["1", "2", "3", "4", "5", "6"]
+    assert _column(split, "iteration") == ["1", "2", "3", "4", "5", "6"]  # iteration 3 logged once
+    events = EventAccumulator(str(split))
+    events.Reload()
+    logged = events.Scalars("return/after_adaptation")
+    assert [e.step for e in logged] == [1, 2, 3, 4, 5, 6]
+    assert [f"{e.value:.4f}" for e in logged] == [f"{float(v):.4f}" for v in _column(full, "return/after_adaptation")]
     for name, value in _params(full, 6).items():
         assert torch.equal(value, _params(split, 6)[name]), name
 
