@@ -13,6 +13,7 @@ return before and after adaptation over the last five iterations, and the wall-c
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
@@ -44,6 +45,8 @@ def run(env: str, algo: str, budget: int) -> tuple[int, float, float, float, flo
     def stop_at_budget(iteration: int, metrics: dict[str, float]) -> None:
         steps[0] += metrics["perf/env_steps"]
         trainer.stop_requested = steps[0] >= budget
+        if iteration % 10 == 0:  # some learners take an hour: show they are moving
+            print(f"{env} {algo}: iteration {iteration}, {steps[0]:,.0f} of {budget:,} env steps", file=sys.stderr)
 
     start = time.perf_counter()
     history = trainer.train(10**9, stop_at_budget)
