@@ -44,10 +44,12 @@ class RunLogger:
             self._drop_rows_after(done)
 
     def _drop_rows_after(self, done: int) -> None:
+        """Keep the CSV's header and its rows up to iteration `done` (a blank or torn row goes too);
+        rewrite the file only if some go."""
         with self._csv_path.open(newline="") as f:
             rows = list(csv.reader(f))
         self._columns = rows[0] if rows else None
-        kept = rows[:1] + [row for row in rows[1:] if int(row[0]) <= done]
+        kept = rows[:1] + [row for row in rows[1:] if row and row[0].isdigit() and int(row[0]) <= done]
         if len(kept) < len(rows):
             text = io.StringIO()
             csv.writer(text).writerows(kept)

@@ -65,13 +65,12 @@ def main() -> None:
     parser.add_argument("--envs", nargs="+", choices=list(SETTINGS), default=list(SETTINGS), help="task families")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    iterations = {"navigation-2d": args.iterations_navigation, "halfcheetah-dir": args.iterations_halfcheetah}
-    budgets = {env: iterations[env] for env in args.envs}
+    maml_iterations = {"navigation-2d": args.iterations_navigation, "halfcheetah-dir": args.iterations_halfcheetah}
     print("| env | learner | iterations | env steps | return before | return after | wall-clock s |")
     print("|---|---|---:|---:|---:|---:|---:|")
-    for env, iterations in budgets.items():
+    for env in args.envs:
         for algo in args.algos or registry.algorithms.names():
-            done, before, after, steps, seconds = run(env, algo, step_budget(env, iterations))
+            done, before, after, steps, seconds = run(env, algo, step_budget(env, maml_iterations[env]))
             print(
                 f"| {env} | {algo} | {done} | {steps:,.0f} | {before:.1f} | {after:.1f} | {seconds:.0f} |",
                 flush=True,
