@@ -22,8 +22,9 @@ import gymnasium as gym
 import torch
 from torch.func import functional_call
 
+from metarl.algos.curvature import autograd_hessian
 from metarl.algos.maml_trpo import MAMLTRPO, MetaBatch
-from metarl.algos.trpo import fisher_vector_product, flatten, natural_step, unflatten
+from metarl.algos.trpo import flatten, natural_step, unflatten
 from metarl.config import Config
 from metarl.policies import GaussianMLP
 from metarl.policies.batched import Params, detach, log_probs
@@ -115,9 +116,10 @@ def loop(policy: GaussianMLP, config: Config, train: Episodes, valid: Episodes) 
     fishers, points = [], []
     for i in range(num_tasks):
         at = {n: p.detach().requires_grad_() for n, p in old[i].items()}
-        fishers.append(
-            fisher_vector_product(_task_kl(policy, old[i], at, valid[i]) / num_tasks, list(at.values()), 0.0)
+        grads = torch.autograd.grad(
+            _task_kl(policy, old[i], at, valid[i]) / num_tasks, list(at.values()), create_graph=True
         )
+        fishers.append(autograd_hessian(at, dict(zip(at, grads))))
         points.append(at)
 
     def jacobian_product(i: int, v: torch.Tensor) -> torch.Tensor:
@@ -127,7 +129,10 @@ def loop(policy: GaussianMLP, config: Config, train: Episodes, valid: Episodes) 
         return v - lr * flatten(hvp)
 
     def fvp(v: torch.Tensor) -> torch.Tensor:
-        total = sum(jacobian_product(i, fishers[i](jacobian_product(i, v))) for i in range(num_tasks))
+        total = sum(
+            jacobian_product(i, flatten(list(fishers[i](unflatten(jacobian_product(i, v), points[i])).values())))
+            for i in range(num_tasks)
+        )
         return total + config.cg_damping * v
 
     step = natural_step(grad, fvp, config.max_kl, config.cg_iters)

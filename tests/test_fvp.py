@@ -78,7 +78,7 @@ def test_second_order_terms_matter_here():
     """Guards the test above: ignoring dθᵢ'/dθ would give a visibly different product."""
     learner, params, adaptation, batch = _setup(False, 1)
     direct = _direct_fvp(learner, params, adaptation, batch)
-    adaptation.steps.clear()
+    adaptation.hessians.clear()
     without_jacobian = learner._fisher_product(params, adaptation, batch)
     v = torch.randn(sum(p.numel() for p in params.values()), dtype=torch.float64)
     assert _relative_error(without_jacobian(v), direct(v)) > 1e-2

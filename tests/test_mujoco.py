@@ -118,7 +118,8 @@ def test_pooled_envs_switched_to_a_task_equal_fresh_ones(name):
 
 def test_halfcheetah_dir_learns_to_adapt():
     """Short MAML-TRPO run with a small batch: after adaptation beats before (direction is only
-    identifiable from the task's own episodes)."""
+    identifiable from the task's own episodes). At 10 tasks × 10 episodes one iteration's gain is
+    noisy (±3), so the check averages the last 10 of the 15 iterations."""
     from metarl.config import build_config
     from metarl.trainer import Trainer
 
@@ -126,4 +127,4 @@ def test_halfcheetah_dir_learns_to_adapt():
     overrides = {"seed": 0, "meta_batch_size": 10, "fast_batch_size": 10, "horizon": 100, "eval_every": 0}
     history = Trainer(build_config(family.reference_config(), overrides)).train(HALFCHEETAH_ITERATIONS)
     gain = [m["return/after_adaptation"] - m["return/before_adaptation"] for m in history]
-    assert np.mean(gain[-5:]) > 0.0, gain
+    assert np.mean(gain[-10:]) > 0.0, gain

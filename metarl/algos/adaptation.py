@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from metarl.algos.curvature import HessianProduct, autograd_hessian, policy_gradient_hessian
 from metarl.policies.batched import Params, log_probs, stack
-from metarl.sampling.episodes import Episodes, masked_mean
+from metarl.sampling.episodes import Episodes, masked_mean, step_weights
 
 
 def policy_gradient_loss(policy: nn.Module, params: Params, episodes: Episodes) -> torch.Tensor:
@@ -22,35 +23,28 @@ def policy_gradient_loss(policy: nn.Module, params: Params, episodes: Episodes) 
 class Adaptation:
     """Adapted parameters stacked per task, with what is needed to multiply by Jᵢ = dθᵢ'/dθ.
 
-    `steps` holds, for each second-order inner step, its input iterate and the inner gradient at it
-    (with graph); it is empty for first-order adaptation, where Jᵢ is the identity. Each step's
+    `hessians` holds, for each second-order inner step, the product with the inner loss's Hessian at
+    that step's iterate; it is empty for first-order adaptation, where Jᵢ is the identity. Each step's
     Jacobian I − α∇²L is symmetric, so products with Jᵢ and Jᵢᵀ differ only in the order of steps.
     """
 
     params: Params
-    steps: list[tuple[Params, Params]]
+    hessians: list[HessianProduct]
     lr: float
 
-    def _through(self, vectors: Params, steps: Iterable[tuple[Params, Params]]) -> Params:
-        for iterate, grads in steps:
-            hvps = torch.autograd.grad(
-                list(grads.values()),
-                list(iterate.values()),
-                list(vectors.values()),
-                retain_graph=True,
-                allow_unused=True,
-                materialize_grads=True,
-            )
-            vectors = {name: v - self.lr * h for (name, v), h in zip(vectors.items(), hvps)}
+    def _through(self, vectors: Params, hessians: Iterable[HessianProduct]) -> Params:
+        for hessian in hessians:
+            hv = hessian(vectors)
+            vectors = {name: v - self.lr * hv[name] for name, v in vectors.items()}
         return vectors
 
     def jvp(self, v: Params) -> Params:
         """Jᵢ v for every task: v shaped like θ, the result stacked per task."""
-        return self._through(stack(v, len(next(iter(self.params.values())))), self.steps)
+        return self._through(stack(v, len(next(iter(self.params.values())))), self.hessians)
 
     def vjp(self, u: Params) -> Params:
         """Σᵢ Jᵢᵀ uᵢ: u stacked per task, the result shaped like θ."""
-        return {name: t.sum(0) for name, t in self._through(u, reversed(self.steps)).items()}
+        return {name: t.sum(0) for name, t in self._through(u, reversed(self.hessians)).items()}
 
 
 def adapt(
@@ -67,20 +61,21 @@ def inner_loop(
     lr: float | Params,
     num_steps: int,
     first_order: bool,
-) -> tuple[Params, list[tuple[Params, Params]]]:
+    hessian: Callable[[Params, Params], HessianProduct] = autograd_hessian,
+) -> tuple[Params, list[HessianProduct]]:
     """θ' = θ − lr·∇L, `num_steps` times, for all tasks at once with a per-task loss ([T]).
 
     `lr` is a number or one tensor per parameter (broadcast over tasks). Returns θ' and, unless first
-    order, each step's iterate and gradient (what `Adaptation` needs).
+    order, each step's Hessian product, `hessian(iterate, gradient with graph)` (what `Adaptation` needs).
     """
-    adapted, steps = stacked, []
+    adapted, hessians = stacked, []
     for _ in range(num_steps):
         grads = torch.autograd.grad(loss(adapted).sum(), list(adapted.values()), create_graph=not first_order)
         grads = dict(zip(adapted, grads))
         if not first_order:
-            steps.append((adapted, grads))
+            hessians.append(hessian(adapted, grads))
         adapted = {name: p - (lr[name] if isinstance(lr, dict) else lr) * grads[name] for name, p in adapted.items()}
-    return adapted, steps
+    return adapted, hessians
 
 
 def adapt_stacked(
@@ -89,9 +84,13 @@ def adapt_stacked(
     """Policy-gradient inner steps from per-task parameters `stacked` (leading task dimension).
 
     The per-task losses are summed: task i's loss depends only on slice i of the stacked parameters,
-    so one gradient of the sum holds every task's own gradient.
+    so one gradient of the sum holds every task's own gradient. The Hessian products are closed-form
+    where `policy_gradient_hessian` has one for the policy.
     """
-    adapted, steps = inner_loop(
-        stacked, lambda p: policy_gradient_loss(policy, p, episodes), lr, num_steps, first_order
+    loss = lambda p: policy_gradient_loss(policy, p, episodes)  # noqa: E731
+    weights = episodes.advantages * step_weights(episodes.mask)
+    hessian = lambda iterate, grads: policy_gradient_hessian(  # noqa: E731
+        policy, iterate, episodes.observations, episodes.actions, weights, grads
     )
-    return Adaptation(adapted, steps, lr)
+    adapted, hessians = inner_loop(stacked, loss, lr, num_steps, first_order, hessian)
+    return Adaptation(adapted, hessians, lr)

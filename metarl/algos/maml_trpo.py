@@ -28,9 +28,10 @@ import torch
 from metarl import distributed
 from metarl.algos.adaptation import Adaptation
 from metarl.algos.base import MetaLearner, SampledBatch, finite
-from metarl.algos.trpo import fisher_vector_product, flatten, natural_step, unflatten
+from metarl.algos.curvature import fisher_product
+from metarl.algos.trpo import flatten, natural_step, unflatten
 from metarl.policies.batched import Params, detach, log_probs, policy_kl
-from metarl.sampling.episodes import Episodes, masked_mean
+from metarl.sampling.episodes import Episodes, masked_mean, step_weights
 
 
 @dataclass
@@ -98,15 +99,23 @@ class MAMLTRPO(MetaLearner):
         subsample; the gradient, the step's KL scaling and the line search use every episode.
         """
         batch, adaptation = self._subsample(params, adaptation, batch)
-        at = {name: p.detach().requires_grad_() for name, p in batch.old_adapted.items()}
-        fisher = fisher_vector_product(self._mean_kl(at, batch), list(at.values()), 0.0)
+        weights = step_weights(batch.valid.mask) / batch.total_tasks  # those of `_mean_kl`
+        fisher = fisher_product(self.policy, batch.old_adapted, batch.valid.observations, weights)
 
         def product(v: torch.Tensor) -> torch.Tensor:
-            pushed = flatten(list(adaptation.jvp(unflatten(v, params)).values()))
-            pulled = adaptation.vjp(unflatten(fisher(pushed), at))
-            return distributed.all_reduce_sum(flatten(list(pulled.values()))) + self.config.cg_damping * v
+            pulled = adaptation.vjp(fisher(adaptation.jvp(unflatten(v, params))))
+            return distributed.all_reduce_sum(flatten([pulled[name] for name in params])) + self.config.cg_damping * v
 
         return product
+
+    def _gradient(self, loss: torch.Tensor, params: Params, adapted: Params, adaptation: Adaptation) -> torch.Tensor:
+        """∇θ of a loss of θ and of the adapted parameters (a leaf here): the direct part plus
+        Σᵢ Jᵢᵀ ∇θᵢ' loss, with the same Jacobian products as the Fisher's."""
+        both = [*params.values(), *adapted.values()]
+        grads = torch.autograd.grad(loss, both, allow_unused=True, materialize_grads=True)
+        direct, through = grads[: len(params)], dict(zip(adapted, grads[len(params) :]))
+        pulled = adaptation.vjp(through)
+        return flatten([d + pulled[name] for d, name in zip(direct, params)])
 
     def _subsample(self, params: Params, adaptation: Adaptation, batch: MetaBatch) -> tuple[MetaBatch, Adaptation]:
         """The first `cg_subsample` of each task's episodes, and the inner step (for Jᵢ) on those."""
@@ -132,9 +141,9 @@ class MAMLTRPO(MetaLearner):
 
     def _trpo_update(self, params: Params, adaptation: Adaptation, batch: MetaBatch) -> dict[str, float]:
         c = self.config
-        before = self.objective(params, adaptation.params, batch)
-        theta = list(params.values())
-        grad = distributed.all_reduce_sum(flatten(torch.autograd.grad(before.loss, theta, retain_graph=True)))
+        adapted = {name: p.detach().requires_grad_() for name, p in adaptation.params.items()}
+        before = self.objective(params, adapted, batch)
+        grad = distributed.all_reduce_sum(self._gradient(before.loss, params, adapted, adaptation))
         loss_before, surrogate_before, *penalties = _summed(before.loss, before.surrogate, *before.penalties.values())
         metrics = {
             "train/surrogate_before": surrogate_before,

@@ -28,7 +28,7 @@ from metarl.tasks import TaskDistribution
 class _PerParameterAdaptation(Adaptation):
     """θ' from per-parameter rates; `Adaptation`'s Jacobian products assume one scalar rate."""
 
-    def _through(self, vectors: Params, steps: object) -> Params:
+    def _through(self, vectors: Params, hessians: object) -> Params:
         raise NotImplementedError("Jacobian products through Meta-SGD's per-parameter rates")
 
 
@@ -58,8 +58,8 @@ class MetaSGD(GradientMetaLearner):
     def adapt(self, params: Params, train: Episodes, first_order: bool) -> Adaptation:
         c = self.config
         loss = lambda adapted: policy_gradient_loss(self.policy, adapted, train)  # noqa: E731
-        adapted, steps = inner_loop(stack(params, len(train)), loss, self.alpha, c.num_inner_steps, first_order)
-        return _PerParameterAdaptation(adapted, steps, math.nan)
+        adapted, hessians = inner_loop(stack(params, len(train)), loss, self.alpha, c.num_inner_steps, first_order)
+        return _PerParameterAdaptation(adapted, hessians, math.nan)
 
     def update(self, batch: SampledBatch) -> dict[str, float]:
         metrics = super().update(batch)

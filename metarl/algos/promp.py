@@ -51,8 +51,8 @@ class ProMP(GradientMetaLearner):
         c = self.config
         stacked = stack(params, len(train))
         loss = lambda adapted: self.lvc_loss(adapted, train)  # noqa: E731
-        adapted, steps = inner_loop(stacked, loss, c.inner_lr, c.num_inner_steps, first_order)
-        return Adaptation(adapted, steps, c.inner_lr)
+        adapted, hessians = inner_loop(stacked, loss, c.inner_lr, c.num_inner_steps, first_order)
+        return Adaptation(adapted, hessians, c.inner_lr)
 
     def inner_kl(self, params: Params, batch: SampledBatch) -> torch.Tensor:
         """This rank's share of the mean over tasks of KL(πθo ‖ πθ) on the train observations."""

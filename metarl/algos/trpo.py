@@ -52,19 +52,6 @@ def _conjugate_gradient(
     return x, r
 
 
-def fisher_vector_product(
-    kl: torch.Tensor, params: list[torch.Tensor], damping: float
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """v ↦ (∇²KL + damping·I) v, with the KL's gradient graph built once and reused for every v."""
-    grad_kl = flatten(torch.autograd.grad(kl, params, create_graph=True))
-
-    def product(v: torch.Tensor) -> torch.Tensor:
-        hv = flatten(torch.autograd.grad(grad_kl @ v, params, retain_graph=True))
-        return hv + damping * v
-
-    return product
-
-
 def natural_step(
     grad: torch.Tensor, fvp: Callable[[torch.Tensor], torch.Tensor], max_kl: float, cg_iters: int
 ) -> torch.Tensor:

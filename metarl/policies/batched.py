@@ -2,6 +2,8 @@
 
 Parameters are dicts name -> tensor with a leading task dimension; observations and actions are
 shaped [T, ...]. A Distribution cannot leave `vmap`, so each helper computes its tensor inside.
+For the built-in Gaussian MLP, `sample_actions`, `log_probs` and `policy_kl` take the same values
+from `closed_form`, which skips vmap's and the Distribution's bookkeeping.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from torch import nn
 from torch.distributions import Categorical, Distribution, kl_divergence
 from torch.func import functional_call, vmap
 
-Params = dict[str, torch.Tensor]
+from metarl.policies import closed_form
+from metarl.policies.closed_form import Params
 
 
 @contextmanager
@@ -60,11 +63,15 @@ def distribution(policy: nn.Module, params: Params, obs: torch.Tensor) -> Distri
 
 def sample_actions(policy: nn.Module, params: Params, obs: torch.Tensor) -> torch.Tensor:
     """One action per observation, [T, B, ...], each task acting with its own parameters."""
+    if closed_form.supports(policy):
+        return closed_form.sample(policy, params, obs)
     return _vmapped(lambda p, o: distribution(policy, p, o).sample(), randomness="different")(params, obs)
 
 
 def log_probs(policy: nn.Module, params: Params, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
     """log π(a|s) for each task's parameters, shaped like `obs` without its last dim."""
+    if closed_form.supports(policy):
+        return closed_form.log_probs(policy, params, obs, actions)
     return _vmapped(lambda p, o, a: distribution(policy, p, o).log_prob(a))(params, obs, actions)
 
 
@@ -82,6 +89,8 @@ def _kl(p: Distribution, q: Distribution) -> torch.Tensor:
 
 def policy_kl(policy: nn.Module, params_p: Params, params_q: Params, obs: torch.Tensor) -> torch.Tensor:
     """KL(π_p(·|s) ‖ π_q(·|s)) per observation, per task."""
+    if closed_form.supports(policy):
+        return closed_form.kl(policy, params_p, params_q, obs)
     return _vmapped(lambda p, q, o: _kl(distribution(policy, p, o), distribution(policy, q, o)))(
         params_p, params_q, obs
     )

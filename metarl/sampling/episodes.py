@@ -53,6 +53,11 @@ class Episodes:
         return replace(self, advantages=advantages)
 
 
+def step_weights(mask: torch.Tensor) -> torch.Tensor:
+    """Each step's weight in its task's mean over (episodes, time): mask / steps taken."""
+    return mask / mask.sum((-2, -1), keepdim=True).clamp(min=1.0)
+
+
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over the last two dims (episodes, time) where `mask` is 1; one value per task."""
     return (values * mask).sum((-2, -1)) / mask.sum((-2, -1)).clamp(min=1.0)
