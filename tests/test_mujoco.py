@@ -1,5 +1,7 @@
 """MuJoCo task families: rewards as documented, task parameters applied, the batched path equal to make_env."""
 
+from pathlib import Path
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from metarl_envs.mujoco import vector
 from metarl_envs.mujoco.random_params import SCALE_BASES
 
 HALFCHEETAH_ITERATIONS = 15
+DATA = Path(__file__).parent / "data"
 
 CPU = torch.device("cpu")
 
@@ -116,15 +119,35 @@ def test_pooled_envs_switched_to_a_task_equal_fresh_ones(name):
         assert env.task == fresh.task
 
 
-def test_halfcheetah_dir_learns_to_adapt():
-    """Short MAML-TRPO run with a small batch: after adaptation beats before (direction is only
-    identifiable from the task's own episodes). At 10 tasks × 10 episodes one iteration's gain is
-    noisy (±3), so the check averages the last 10 of the 15 iterations."""
+def test_halfcheetah_dir_training_steps_are_taken():
+    """A short MAML-TRPO run on MuJoCo with a small batch: finite returns, trust-region steps taken
+    within max_kl. (At this budget the return after adaptation is not yet above the one before: over
+    40 held-out tasks × 20 episodes the gain after 15 iterations is 0 ± 2, so it is not checked here.)"""
     from metarl.config import build_config
     from metarl.trainer import Trainer
 
     family = registry.envs.load("halfcheetah-dir")
     overrides = {"seed": 0, "meta_batch_size": 10, "fast_batch_size": 10, "horizon": 100, "eval_every": 0}
-    history = Trainer(build_config(family.reference_config(), overrides)).train(HALFCHEETAH_ITERATIONS)
-    gain = [m["return/after_adaptation"] - m["return/before_adaptation"] for m in history]
-    assert np.mean(gain[-10:]) > 0.0, gain
+    config = build_config(family.reference_config(), overrides)
+    history = Trainer(config).train(HALFCHEETAH_ITERATIONS)
+    assert all(np.isfinite(m["return/after_adaptation"]) and m["train/kl"] <= config.max_kl for m in history)
+    assert sum(m["train/line_search_accepted"] for m in history) >= HALFCHEETAH_ITERATIONS - 1
+
+
+def test_meta_trained_halfcheetah_dir_policy_adapts_in_one_step():
+    """The policy meta-trained by `scripts/reproduce_halfcheetah.sh` (iteration 1000, docs/benchmarks.md)
+    runs nowhere in particular before adaptation; one inner step on 20 episodes (its training batch) of a
+    direction's own reward makes it run that way, forward and backward. Over seeds 0–3: before −88 to
+    32, after 170 to 179 forward and 352 to 361 backward."""
+    from metarl.config import build_config
+    from metarl.evaluation import evaluate_adaptation
+    from metarl.trainer import Trainer
+
+    family = registry.envs.load("halfcheetah-dir")
+    config = build_config(family.reference_config(), {"seed": 0, "horizon": 100, "eval_every": 0})
+    policy = Trainer(config).policy
+    policy.load_state_dict(torch.load(DATA / "halfcheetah-dir-maml-trpo-iter1000.pt"))
+    tasks = [{"direction": 1.0}, {"direction": -1.0}]
+    result = evaluate_adaptation(policy, family(), config, tasks, steps=1, episodes=20, seed=0, device=CPU)
+    before, after = result.returns[:, 0], result.returns[:, 1]
+    assert (before < 50).all() and (after > 120).all() and (after - before > 100).all(), result.returns

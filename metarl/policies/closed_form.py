@@ -220,30 +220,34 @@ class PolicyGradientHessian(GaussianMLPPass):
         self.coef = weights.reshape(tasks, -1, 1)
 
     @cached_property
-    def primal(self) -> tuple[torch.Tensor, _LossBackward]:
-        """The error e = a − μ, and the loss's backward pass through the network."""
-        hidden, slopes = self.hidden, self.slopes
+    def primal(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The error e = a − μ, and the loss's backward pass: each layer's pre-activation cotangent."""
         error = self.actions - self.mean
-        delta = -self.coef * self.precision * error
-        deltas, curvature = [None] * len(self.layers), [None] * len(self.layers)
-        deltas[-1] = delta
+        deltas = [-self.coef * self.precision * error]
         for k in range(len(self.layers) - 1, 0, -1):
-            back = torch.bmm(delta, self.params[f"{self.layers[k]}.weight"])
-            if self.tanh:
-                curvature[k - 1] = -2 * hidden[k] * slopes[k - 1] * back
-            delta = back * slopes[k - 1]
-            deltas[k - 1] = delta
-        return error, _LossBackward(deltas, curvature)
+            back = torch.bmm(deltas[0], self.params[f"{self.layers[k]}.weight"])
+            deltas.insert(0, back * self.slopes[k - 1])
+        return error, deltas
+
+    @cached_property
+    def loss_backward(self) -> _LossBackward:
+        """The backward pass with, for tanh layers, the activation cotangent times tanh''(z) = −2a·δz."""
+        _, deltas = self.primal
+        curvature = [None] * len(self.layers)
+        if self.tanh:
+            for k in range(len(self.layers) - 1):
+                curvature[k] = torch.mul(self.hidden[k + 1], deltas[k]).mul_(-2)
+        return _LossBackward(deltas, curvature)
 
     def __call__(self, v: Params) -> Params:
         active, precision = self.log_std_slope, self.precision
-        error, primal = self.primal
+        error, _ = self.primal
         v_log_std = active * v["log_std"].reshape(active.shape)
         tangent = self.tangent(v)
         scaled = self.coef * precision * error
         # ∂²L/∂μ² = c/σ², ∂²L/∂μ∂logσ = 2c·e/σ², ∂²L/∂logσ² = 2c·e²/σ² (per action dim)
         mean_tangent = self.coef * precision * tangent.mean + 2 * scaled * v_log_std
-        grads = self.backward(mean_tangent, _Along(primal, v, tangent))
+        grads = self.backward(mean_tangent, _Along(self.loss_backward, v, tangent))
         log_std = 2 * active * (scaled * (tangent.mean + error * v_log_std)).sum(1, keepdim=True)
         grads["log_std"] = log_std.reshape(v["log_std"].shape)
         return {name: grads[name] for name in v}
