@@ -28,7 +28,7 @@ from torch import nn
 
 from metarl.policies.mlp import GaussianMLP
 
-Params = dict[str, torch.Tensor]
+Params = dict[str, torch.Tensor]  # defined here, where `batched` (which imports this module) takes it from
 
 
 def supports(policy: nn.Module) -> bool:
