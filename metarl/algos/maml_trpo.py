@@ -83,7 +83,7 @@ class MAMLTRPO(MetaLearner):
     def _mean_kl(self, adapted: Params, batch: MetaBatch) -> torch.Tensor:
         """Mean over tasks of the KL from the sampling policies to the policies at `adapted` (this rank's share)."""
         kl = policy_kl(self.policy, batch.old_adapted, adapted, batch.valid.observations)
-        return masked_mean(kl, batch.valid.mask).sum() / batch.total_tasks
+        return (kl * _kl_weights(batch)).sum()
 
     def _fisher_product(
         self, params: Params, adaptation: Adaptation, batch: MetaBatch
@@ -99,8 +99,7 @@ class MAMLTRPO(MetaLearner):
         subsample; the gradient, the step's KL scaling and the line search use every episode.
         """
         batch, adaptation = self._subsample(params, adaptation, batch)
-        weights = step_weights(batch.valid.mask) / batch.total_tasks  # those of `_mean_kl`
-        fisher = fisher_product(self.policy, batch.old_adapted, batch.valid.observations, weights)
+        fisher = fisher_product(self.policy, batch.old_adapted, batch.valid.observations, _kl_weights(batch))
 
         def product(v: torch.Tensor) -> torch.Tensor:
             pulled = adaptation.vjp(fisher(adaptation.jvp(unflatten(v, params))))
@@ -182,6 +181,12 @@ class MAMLTRPO(MetaLearner):
                 }
             size *= c.ls_backtrack_ratio
         return _unchanged(metrics, attempts)
+
+
+def _kl_weights(batch: MetaBatch) -> torch.Tensor:
+    """Each validation step's weight in the mean KL: its task's mean over steps, this rank's share of the
+    mean over tasks. The Fisher products are the Hessian of the KL with these same weights."""
+    return step_weights(batch.valid.mask) / batch.total_tasks
 
 
 def _summed(*scalars: torch.Tensor) -> list[float]:

@@ -129,7 +129,7 @@ class GaussianMLPPass:
         """Forward-mode pass along `v` (R-operator): pre-activation, activation and mean tangents."""
         hidden = self.hidden
         pre, tangents = [], [None]
-        for name, a, slope in zip(self.layers, hidden, self.slopes):
+        for name, a, slope in zip(self.layers[:-1], hidden, self.slopes):
             rz = self._linear(name, a, v)
             if tangents[-1] is not None:
                 rz = rz.baddbmm_(tangents[-1], self.params[f"{name}.weight"].mT)
