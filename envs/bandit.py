@@ -12,8 +12,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from metarl.sampling.vector_env import VectorTaskEnv
-from metarl.tasks import TaskDistribution
+from metarl.tasks import TaskDistribution, VectorTaskEnv
 
 
 class BernoulliBanditEnv(gym.Env):

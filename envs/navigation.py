@@ -13,8 +13,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from metarl.sampling.vector_env import VectorTaskEnv
-from metarl.tasks import TaskDistribution
+from metarl.tasks import TaskDistribution, VectorTaskEnv
 
 GOAL_LOW, GOAL_HIGH = -0.5, 0.5
 MAX_ACTION = 0.1

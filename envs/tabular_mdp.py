@@ -13,8 +13,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from metarl.sampling.vector_env import VectorTaskEnv
-from metarl.tasks import TaskDistribution
+from metarl.tasks import TaskDistribution, VectorTaskEnv
 
 
 class TabularMDPEnv(gym.Env):

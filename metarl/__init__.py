@@ -9,10 +9,15 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
+    "Trainer": "metarl.trainer",
+    "Config": "metarl.config",
+    "build_config": "metarl.config",
+    "MetaLearner": "metarl.algos.base",
+    "Hyperparameter": "metarl.hyperparameters",
     "TaskDistribution": "metarl.tasks",
     "Regularizer": "metarl.regularizers.base",
     "RegularizerContext": "metarl.regularizers.base",
-    "VectorTaskEnv": "metarl.sampling.vector_env",
+    "VectorTaskEnv": "metarl.tasks",
     "Episodes": "metarl.sampling.episodes",
     "MetarlError": "metarl.errors",
 }

@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         "--baseline",
         action="append",
         default=[],
-        choices=("pretrained", "scratch"),  # metarl.comparison.BASELINES, not imported at parse time
+        choices=("pretrained", "scratch"),  # metarl.ppo_baselines.BASELINES, not imported at parse time
         help="also run a stable-baselines3 PPO baseline (repeatable): pretrained on the family and then "
         "adapted like the meta-learned policy, or trained from scratch on each of --baseline-tasks tasks",
     )
@@ -70,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
         "--video", action="store_true", help="GIF of an episode before and after adaptation, RUN_DIR/adaptation.gif"
     )
     evaluate.add_argument("--video-tasks", type=_positive, default=3, help="held-out tasks in the video (default 3)")
+    evaluate.add_argument("--out", type=Path, metavar="DIR", help="folder of the evaluation files (default RUN_DIR)")
     evaluate.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     adapt = sub.add_parser("adapt", help="adapt to one task and save a stable-baselines3 PPO model")
@@ -89,7 +90,10 @@ def _parser() -> argparse.ArgumentParser:
     add_sweep_parser(sub)
 
     listing = sub.add_parser("list", help="installed task families, policies, regularizers and meta-learners")
-    listing.add_argument("group", nargs="?", choices=LIST_GROUPS, help="one group only")
+    listing.add_argument(
+        "group", nargs="?", choices=(*LIST_GROUPS, "config"), help="one group only; config: the run-level keys"
+    )
+    listing.add_argument("-v", "--verbose", action="store_true", help="each component's keys, defaults and docs")
     listing.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
@@ -143,17 +147,10 @@ def _user_layers(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[s
 
 
 def _resolve_config(args: argparse.Namespace) -> Config:
-    from metarl import registry
     from metarl.config import build_config
 
     layers, origins = _user_layers(args)
-    env = next((layer["env"] for layer in reversed(layers) if "env" in layer), None)
-    if env is None:
-        raise MetarlError("no task family given: pass --env NAME (see `metarl list envs`)")
-    if not isinstance(env, str):
-        raise MetarlError(f"bad value {env!r} for config key 'env': expected a task-family name")
-    reference = registry.envs.load(env).reference_config()
-    return build_config(reference, *layers, origins=[f"reference config of {env!r}", *origins])
+    return build_config(*layers, origins=origins, reference=True)
 
 
 def _progress(total: int, start: int, enabled: bool):
@@ -240,12 +237,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _trainer_at_checkpoint(args: argparse.Namespace) -> Trainer:
-    from metarl.checkpoint import load_checkpoint, select_checkpoint
     from metarl.config import parse_value
-    from metarl.trainer import load_run_config, trainer_from_run
+    from metarl.trainer import Trainer
 
-    load_run_config(args.run_dir)
-    trainer = trainer_from_run(args.run_dir, load_checkpoint(select_checkpoint(args.run_dir, args.checkpoint)))
+    trainer = Trainer.from_run(args.run_dir, args.checkpoint)
     if args.env is not None or args.env_kwargs is not None:
         env_kwargs = {} if args.env is not None else trainer.config.env_kwargs
         if args.env_kwargs is not None:
@@ -255,60 +250,23 @@ def _trainer_at_checkpoint(args: argparse.Namespace) -> Trainer:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from torch.utils.tensorboard import SummaryWriter
-
-    from metarl.evaluation import TEST_STREAM, format_table, held_out_rng, write_evaluation
+    from metarl.evaluation import evaluate_run
 
     trainer = _trainer_at_checkpoint(args)
-    config = trainer.config
-    seed = config.seed if args.seed is None else args.seed
-    tasks = trainer.family.sample_tasks(args.tasks, held_out_rng(seed, TEST_STREAM))
-    episodes = args.episodes or config.fast_batch_size
-    result = trainer.evaluate(tasks, args.steps, episodes, seed)
-    meta = {
-        "env": config.env,
-        "evaluated_on": {"env": trainer.family_name, "env_kwargs": trainer.family_kwargs},
-        "checkpoint": args.checkpoint,
-        "iteration": trainer.iteration,
-        "seed": seed,
-        "episodes": episodes,
-        "inner_lr": config.inner_lr,
-    }
-    paths = write_evaluation(args.run_dir, result, meta)
-    baselines: dict[str, Any] = {}
-    if args.baseline:
-        from metarl.comparison import evaluate_baselines
-
-        baselines, written = evaluate_baselines(
-            trainer, result, args.baseline, args.baseline_steps, args.baseline_tasks, episodes, seed, args.run_dir
-        )
-        paths += [p for p in written if p not in paths]
-    with SummaryWriter(log_dir=str(args.run_dir)) as writer:
-        for row in result.summary():
-            writer.add_scalar("evaluation/return_by_inner_steps", row["mean"], row["step"])
-            if "success_rate" in row:
-                writer.add_scalar("evaluation/success_rate_by_inner_steps", row["success_rate"], row["step"])
-        for row in baselines.get("pretrained", {}).get("summary", []):
-            writer.add_scalar("evaluation/pretrained_return_by_inner_steps", row["mean"], row["step"])
-        if args.video:
-            from metarl.video import write_adaptation_video
-
-            horizon = config.horizon or trainer.family.max_episode_steps
-            gif = args.run_dir / "adaptation.gif"
-            paths.append(
-                write_adaptation_video(
-                    trainer.policy, trainer.family, result, args.video_tasks, horizon, gif, seed, writer
-                )
-            )
-    print(
-        f"{config.env}, checkpoint {args.checkpoint} (iteration {trainer.iteration}), {len(tasks)} held-out tasks, "
-        f"{episodes} episodes per task and step"
+    report, paths = evaluate_run(
+        trainer,
+        args.out or args.run_dir,
+        args.checkpoint,
+        args.tasks,
+        args.steps,
+        episodes=args.episodes,
+        seed=args.seed,
+        baselines=args.baseline,
+        baseline_steps=args.baseline_steps,
+        baseline_tasks=args.baseline_tasks,
+        video_tasks=args.video_tasks if args.video else 0,
     )
-    print(format_table(result.summary()))
-    if baselines:
-        from metarl.comparison import format_baselines
-
-        print(format_baselines(baselines))
+    print(report)
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
@@ -363,6 +321,12 @@ def _sweep(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from metarl import registry
 
+    if args.group == "config":
+        from metarl.config import key_docs
+
+        print("run-level config keys:")
+        print(_format_keys([(name, default, allowed, doc) for name, default, allowed, doc in key_docs()]))
+        return 0
     groups = [args.group] if args.group else list(LIST_GROUPS)
     for group in groups:
         print(f"{group}:")
@@ -371,9 +335,34 @@ def _list(args: argparse.Namespace) -> int:
         for row in rows:
             state = "ok" if row.error is None else f"broken: {row.error}"
             print(f"  {row.name:<{width}}  {row.package} {row.version}  {state}")
+            if args.verbose and row.error is None:
+                print(_format_keys(_component_keys(group, row.name), indent="      "))
         if not rows:
             print("  (none)")
     return 0
+
+
+def _component_keys(group: str, name: str) -> list[tuple[str, Any, str, str]]:
+    import inspect
+
+    from metarl import registry
+    from metarl.hyperparameters import component_keys
+
+    reg = registry.REGISTRIES[group]
+    keys = component_keys(reg.load(name), reg.positional).values()
+    return [(k.name, "required" if k.default is inspect.Parameter.empty else k.default, k.allowed, k.doc) for k in keys]
+
+
+def _format_keys(keys: list[tuple[str, Any, str, str]], indent: str = "  ") -> str:
+    """One line per key: name, default, what is allowed and its doc."""
+    if not keys:
+        return f"{indent}(no keys)"
+    width = max(len(k[0]) for k in keys)
+    lines = []
+    for name, default, allowed, doc in keys:
+        described = f"{doc} ({allowed})" if doc else allowed
+        lines.append(f"{indent}{name:<{width}}  default {default!r}: {described}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,14 +1,18 @@
-"""The run configuration: defaults, the family's reference YAML, a config file and `--set` overrides.
+"""The run configuration: run-level keys, and the merging of layers into one checked `Config`.
 
-Precedence, lowest first: the defaults below, the family's shipped config, `--config FILE`,
-command-line flags and `--set KEY=VALUE`. Every key and value is checked here, so a typo fails before
-anything runs or any directory is written.
+Layers, lowest first: the defaults below, the family's shipped YAML (and its section for the learner),
+`--config FILE`, command-line flags and `--set KEY=VALUE`. A component's own hyperparameters live in
+`algo_kwargs`, `policy_kwargs`, `env_kwargs` and the per-regularizer mappings; the component declares
+them (`metarl.hyperparameters`) and the assembly (`metarl.build`) checks them against it.
+
+A layer may hold `algorithms: {NAME: {KEY: VALUE, ...}}`: the section of the run's learner is merged
+right after the layer's other keys (rl-baselines3-zoo's per-algorithm hyperparameter files).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,168 +20,256 @@ from typing import Any
 import yaml
 
 from metarl.errors import ConfigError
+from metarl.hyperparameters import (
+    BOOLEAN,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    UNIT_INTERVAL,
+    Check,
+)
 
-ACTIVATIONS = ("tanh", "relu", "elu", "leaky_relu", "gelu", "silu")
+SECTIONS_KEY = "algorithms"
+#: mappings merged key by key across layers (a later layer adds or replaces single keys)
+NESTED_KEYS = ("env_kwargs", "algo_kwargs", "policy_kwargs", "regularizers")
 
-
-def _positive_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-
-def _non_negative_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _positive(v: Any) -> bool:
-    return _number(v) and v > 0
-
-
-def _unit_interval(v: Any) -> bool:
-    return _number(v) and 0 <= v <= 1
-
-
-def _open_unit_interval(v: Any) -> bool:
-    return _number(v) and 0 < v < 1
-
-
-def _weights(v: Any) -> bool:
-    return isinstance(v, dict) and all(isinstance(k, str) and _number(w) for k, w in v.items())
-
-
-# key -> (check, what is allowed); the dataclass below holds the defaults.
-_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "env": (lambda v: isinstance(v, str) and bool(v), "a task-family name (see `metarl list envs`)"),
-    "algo": (lambda v: isinstance(v, str) and bool(v), "a meta-learner name (see `metarl list algorithms`)"),
-    "env_kwargs": (lambda v: isinstance(v, dict), "a mapping of keyword arguments for the task family"),
-    "policy": (
-        lambda v: v is None or isinstance(v, str),
-        "a policy name, or null to pick from the action space",
-    ),
-    "hidden_sizes": (
-        lambda v: isinstance(v, list) and all(_positive_int(h) for h in v),
-        "a list of positive integers, e.g. [64, 64]",
-    ),
-    "activation": (lambda v: v in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}"),
-    "meta_batch_size": (_positive_int, "a positive integer"),
-    "fast_batch_size": (_positive_int, "a positive integer"),
-    "horizon": (
-        lambda v: v is None or _positive_int(v),
-        "a positive integer, or null for the family's default",
-    ),
-    "num_inner_steps": (_positive_int, "a positive integer"),
-    "inner_lr": (_positive, "a positive number"),
-    "first_order": (lambda v: isinstance(v, bool), "true or false"),
-    "max_kl": (_positive, "a positive number"),
-    "cg_iters": (_positive_int, "a positive integer"),
-    "cg_damping": (lambda v: _number(v) and v >= 0, "a non-negative number"),
-    "cg_subsample": (lambda v: _number(v) and 0 < v <= 1, "a fraction in (0, 1]"),
-    "ls_max_steps": (_positive_int, "a positive integer"),
-    "ls_backtrack_ratio": (_open_unit_interval, "a number strictly between 0 and 1"),
-    "outer_lr": (_positive, "a positive number"),
-    "promp_steps": (_positive_int, "a positive integer"),
-    "clip_eps": (_open_unit_interval, "a number strictly between 0 and 1"),
-    "inner_kl_coef": (lambda v: _number(v) and v >= 0, "a non-negative number"),
-    "inner_kl_adaptive": (lambda v: isinstance(v, bool), "true or false"),
-    "inner_kl_target": (_positive, "a positive number"),
-    "lr_factor": (_open_unit_interval, "a number strictly between 0 and 1"),
-    "lr_patience": (_non_negative_int, "a non-negative integer"),
-    "exploration_weight": (_number, "a number"),
-    "gamma": (_unit_interval, "a number in [0, 1]"),
-    "gae_lambda": (_unit_interval, "a number in [0, 1]"),
-    "normalize_advantages": (lambda v: isinstance(v, bool), "true or false"),
-    "iterations": (_positive_int, "a positive integer"),
-    "seed": (_non_negative_int, "a non-negative integer"),
-    "device": (lambda v: isinstance(v, str) and v.split(":")[0] in ("cpu", "cuda"), "cpu, cuda or cuda:N"),
-    "regularizers": (_weights, "a mapping of regularizer name to weight, e.g. {l2-anchor: 0.1}"),
-    "checkpoint_every": (_non_negative_int, "a non-negative integer (0 saves only at the end)"),
-    "max_nonfinite_updates": (_positive_int, "a positive integer"),
-    "eval_every": (_non_negative_int, "a non-negative integer (0 turns validation off)"),
-    "eval_tasks": (_positive_int, "a positive integer"),
+#: keys of metarl ≤ 0.1.0's flat config that now belong to a component, with their old defaults
+LEGACY_ALGO_KEYS: dict[str, Any] = {
+    "max_kl": 0.01,
+    "cg_iters": 10,
+    "cg_damping": 1e-5,
+    "cg_subsample": 1.0,
+    "ls_max_steps": 15,
+    "ls_backtrack_ratio": 0.8,
+    "outer_lr": 1e-3,
+    "promp_steps": 5,
+    "clip_eps": 0.3,
+    "inner_kl_coef": 5e-4,
+    "inner_kl_adaptive": False,
+    "inner_kl_target": 0.01,
+    "lr_factor": 0.5,
+    "lr_patience": 10,
+    "exploration_weight": 1.0,
 }
+LEGACY_POLICY_KEYS: dict[str, Any] = {"hidden_sizes": [64, 64], "activation": "tanh"}
+
+
+def _key(default: Any, check: Check, doc: str) -> Any:
+    """A run-level key: its default, its check and a one-line doc, declared in one place."""
+    factory = (lambda: type(default)(default)) if isinstance(default, (dict, list)) else None
+    meta = {"check": check, "doc": doc}
+    return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
+
+
+def _mapping_with_str_keys(v: Any) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) for k in v)
+
+
+NAME = Check(lambda v: isinstance(v, str) and bool(v), "a non-empty name")
+OPTIONAL_NAME = Check(lambda v: v is None or (isinstance(v, str) and bool(v)), "a name, or null")
+KWARGS = Check(_mapping_with_str_keys, "a mapping of keyword arguments, e.g. {key: value}")
+OPTIONAL_POSITIVE_INT = Check(lambda v: v is None or POSITIVE_INT.test(v), "a positive integer, or null")
+DEVICE = Check(lambda v: isinstance(v, str) and v.split(":")[0] in ("cpu", "cuda"), "cpu, cuda or cuda:N")
+REGULARIZERS = Check(
+    lambda v: _mapping_with_str_keys(v) and all(_mapping_with_str_keys(s) and "weight" in s for s in v.values()),
+    "a mapping of regularizer name to a weight or to {weight: W, KEY: VALUE, ...}",
+)
 
 
 @dataclass
 class Config:
-    """Every hyperparameter of a run. Defaults follow the MAML paper's navigation setting."""
+    """Every run-level key of a run; components' keys are in the `*_kwargs` mappings."""
 
-    env: str = "navigation-2d"
-    algo: str = "maml-trpo"
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    policy: str | None = None
-    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
-    activation: str = "tanh"
-    meta_batch_size: int = 20
-    fast_batch_size: int = 20
-    horizon: int | None = None
-    num_inner_steps: int = 1
-    inner_lr: float = 0.1
-    first_order: bool = False
-    max_kl: float = 0.01
-    cg_iters: int = 10
-    cg_damping: float = 1e-5
-    cg_subsample: float = 1.0  # fraction of each task's episodes in the Fisher-vector products
-    ls_max_steps: int = 15
-    ls_backtrack_ratio: float = 0.8
-    # Adam outer step (promp, maml-vpg, meta-sgd, e-maml); ProMP's values follow its paper's config
-    outer_lr: float = 1e-3
-    promp_steps: int = 5
-    clip_eps: float = 0.3
-    inner_kl_coef: float = 5e-4
-    inner_kl_adaptive: bool = False
-    inner_kl_target: float = 0.01
-    lr_factor: float = 0.5
-    lr_patience: int = 10
-    exploration_weight: float = 1.0
-    gamma: float = 0.99
-    gae_lambda: float = 1.0
-    normalize_advantages: bool = True
-    iterations: int = 500
-    seed: int = 0
-    device: str = "cpu"
-    regularizers: dict[str, float] = field(default_factory=dict)
-    checkpoint_every: int = 10
-    max_nonfinite_updates: int = 5
-    eval_every: int = 10
-    eval_tasks: int = 20
+    env: str = _key("navigation-2d", NAME, "task family (`metarl list envs`)")
+    env_kwargs: dict[str, Any] = _key({}, KWARGS, "the task family's constructor keywords")
+    algo: str = _key("maml-trpo", NAME, "meta-learner (`metarl list algorithms`)")
+    algo_kwargs: dict[str, Any] = _key({}, KWARGS, "the meta-learner's keys (`metarl list algorithms --verbose`)")
+    policy: str | None = _key(None, OPTIONAL_NAME, "policy; null picks gaussian-mlp or categorical-mlp")
+    policy_kwargs: dict[str, Any] = _key({}, KWARGS, "the policy's keys (`metarl list policies --verbose`)")
+    regularizers: dict[str, dict[str, Any]] = _key(
+        {}, REGULARIZERS, "name -> weight β or {weight: β, KEY: VALUE}: β·R added to the outer loss"
+    )
+    meta_batch_size: int = _key(20, POSITIVE_INT, "tasks per meta-batch")
+    fast_batch_size: int = _key(20, POSITIVE_INT, "episodes per task and inner step")
+    horizon: int | None = _key(None, OPTIONAL_POSITIVE_INT, "episode length; null: the family's max_episode_steps")
+    num_inner_steps: int = _key(1, POSITIVE_INT, "inner gradient steps")
+    inner_lr: float = _key(0.1, POSITIVE, "inner step size α")
+    first_order: bool = _key(False, BOOLEAN, "drop the second-order terms of the inner step")
+    gamma: float = _key(0.99, UNIT_INTERVAL, "discount")
+    gae_lambda: float = _key(1.0, UNIT_INTERVAL, "GAE λ (the linear feature baseline per task)")
+    normalize_advantages: bool = _key(True, BOOLEAN, "standardise advantages per task")
+    iterations: int = _key(500, POSITIVE_INT, "meta-iterations")
+    seed: int = _key(0, NON_NEGATIVE_INT, "the one seed: tasks, env seeds, initial weights")
+    device: str = _key("cpu", DEVICE, "torch device")
+    checkpoint_every: int = _key(10, NON_NEGATIVE_INT, "iterations between checkpoints (0: only at the end)")
+    max_nonfinite_updates: int = _key(5, POSITIVE_INT, "updates refused in a row for NaN/Inf before the run stops")
+    eval_every: int = _key(10, NON_NEGATIVE_INT, "iterations between validations on held-out tasks (0: none)")
+    eval_tasks: int = _key(20, POSITIVE_INT, "validation tasks")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def replace(self, **changes: Any) -> Config:
-        """A copy with `changes` applied and checked."""
-        return build_config(self.to_dict(), changes)
+        """A copy with `changes` applied and checked (mappings replaced whole)."""
+        return build_config({**self.to_dict(), **changes})
+
+    def horizon_for(self, family: Any) -> int:
+        """The episode length on `family`: `horizon`, or the family's `max_episode_steps` when null."""
+        return self.horizon or family.max_episode_steps
+
+    def __getattr__(self, name: str) -> Any:
+        # metarl 0.1.0 learners read their keys from the flat config: keep that working for plugins
+        if name in LEGACY_ALGO_KEYS:
+            return self.__dict__.get("algo_kwargs", {}).get(name, LEGACY_ALGO_KEYS[name])
+        if name in LEGACY_POLICY_KEYS:
+            return self.__dict__.get("policy_kwargs", {}).get(name, LEGACY_POLICY_KEYS[name])
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
-KEYS = tuple(f.name for f in dataclasses.fields(Config))
-_FLOAT_KEYS = frozenset(f.name for f in dataclasses.fields(Config) if f.type == "float")
-assert set(KEYS) == set(_RULES), "every config key needs a rule"
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+KEYS = tuple(FIELDS)
+
+
+def key_docs() -> list[tuple[str, Any, str, str]]:
+    """(key, default, allowed, doc) of every run-level key, in declaration order."""
+    defaults = Config().to_dict()
+    return [(n, defaults[n], f.metadata["check"].allowed, f.metadata["doc"]) for n, f in FIELDS.items()]
+
+
+def _normalize_regularizers(value: Any, origin: str) -> Any:
+    """`NAME: WEIGHT` entries as `NAME: {weight: WEIGHT}`; anything else is left for the check."""
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for name, spec in value.items():
+        spec = {"weight": spec} if isinstance(spec, (int, float)) and not isinstance(spec, bool) else spec
+        if isinstance(spec, dict) and "weight" in spec:
+            weight = spec["weight"]
+            if not (isinstance(weight, (int, float)) and not isinstance(weight, bool)):
+                raise ConfigError(f"bad weight {weight!r} for regularizer {name!r} in {origin}: expected a number")
+            spec = {**spec, "weight": float(weight)}
+        out[name] = spec
+    return out
 
 
 def _check(key: str, value: Any, origin: str) -> Any:
-    if key not in _RULES:
+    if key not in FIELDS:
         raise ConfigError(f"unknown config key {key!r} in {origin}; allowed keys: {', '.join(KEYS)}")
-    if key in _FLOAT_KEYS and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    check, allowed = _RULES[key]
-    if not check(value):
-        raise ConfigError(f"bad value {value!r} for config key {key!r} in {origin}: expected {allowed}")
+    if key == "regularizers":
+        value = _normalize_regularizers(value, origin)
+    try:
+        return FIELDS[key].metadata["check"](value)
+    except ValueError as exc:
+        raise ConfigError(f"bad value {value!r} for config key {key!r} in {origin}: expected {exc}") from None
+
+
+def _accepts(group: str, name: str | None, key: str) -> bool:
+    """Whether the component `name` of a registry group takes `key` (None: the built-in default policies)."""
+    from metarl import registry
+    from metarl.hyperparameters import component_keys
+
+    if name is None:
+        return True
+    reg = registry.REGISTRIES[group]
+    return key in component_keys(reg.load(name), reg.positional)
+
+
+def migrate_layer(layer: Mapping[str, Any], lenient: bool, algo: str, policy: str | None) -> dict[str, Any]:
+    """Move metarl 0.1.0's flat component keys into `algo_kwargs` / `policy_kwargs`.
+
+    Strict (a user's layer): every such key moves, and the component then checks it. Lenient (a
+    family's shipped YAML, an old run's config.yaml, which held every learner's keys): a key moves only
+    if the run's learner or policy takes it, as metarl 0.1.0 passed `hidden_sizes` only when accepted;
+    the same holds for the layer's `policy_kwargs`.
+    """
+    out = {k: v for k, v in layer.items() if k not in LEGACY_ALGO_KEYS and k not in LEGACY_POLICY_KEYS}
+    if lenient and isinstance(out.get("policy_kwargs"), dict):
+        # a family's YAML sets up the default policy: a policy chosen instead gets only the keys it takes
+        out["policy_kwargs"] = {k: v for k, v in out["policy_kwargs"].items() if _accepts("policies", policy, k)}
+    for legacy, target, group, name in (
+        (LEGACY_ALGO_KEYS, "algo_kwargs", "algorithms", algo),
+        (LEGACY_POLICY_KEYS, "policy_kwargs", "policies", policy),
+    ):
+        moved = {k: v for k, v in layer.items() if k in legacy and (not lenient or _accepts(group, name, k))}
+        if moved:
+            nested = out.get(target, {})
+            out[target] = {**moved, **nested} if isinstance(nested, dict) else nested
+    return out
+
+
+def _last(layers: Sequence[Mapping[str, Any]], key: str, default: Any, algo: str | None = None) -> Any:
+    """The value of `key` that the merge will end with (a learner's section counts after its layer)."""
+    value = default
+    for layer in layers:
+        value = layer.get(key, value)
+        if algo is not None:
+            section = layer.get(SECTIONS_KEY, {})
+            if isinstance(section, dict) and isinstance(section.get(algo), dict):
+                value = section[algo].get(key, value)
     return value
 
 
-def build_config(*layers: Mapping[str, Any], origins: list[str] | None = None) -> Config:
-    """Merge mappings (later ones win) into a checked Config."""
-    merged = Config().to_dict()
-    for i, layer in enumerate(layers):
-        origin = origins[i] if origins else "config"
+def _sections(layer: Mapping[str, Any], origin: str) -> dict[str, dict[str, Any]]:
+    sections = layer.get(SECTIONS_KEY, {})
+    if not (isinstance(sections, dict) and all(isinstance(s, dict) for s in sections.values())):
+        raise ConfigError(f"{SECTIONS_KEY!r} in {origin} must map learner names to mappings of config keys")
+    for name, section in sections.items():
+        for reserved in ("algo", "env", SECTIONS_KEY):
+            if reserved in section:
+                raise ConfigError(f"the {name!r} section in {origin} cannot set {reserved!r}")
+    return sections
+
+
+def build_config(
+    *layers: Mapping[str, Any],
+    origins: Sequence[str] | None = None,
+    reference: bool = False,
+    lenient: Sequence[bool] | None = None,
+) -> Config:
+    """Merge mappings (later ones win; the `*_kwargs` and `regularizers` mappings key by key) into a
+    checked Config.
+
+    With `reference`, the family's shipped YAML (`TaskDistribution.reference_config`) of the env the
+    layers name comes first. `lenient[i]` marks a layer whose metarl 0.1.0 flat keys are kept only
+    where the run's components take them (see `migrate_layer`).
+    """
+    layers = list(layers)
+    origins = list(origins) if origins else ["config"] * len(layers)
+    flags = list(lenient) if lenient else [False] * len(layers)
+    for layer, origin in zip(layers, origins):
         if not isinstance(layer, Mapping):
             raise ConfigError(f"{origin} must be a mapping of config keys, got {type(layer).__name__}")
-        for key, value in layer.items():
-            merged[key] = _check(str(key), value, origin)
+    if reference:
+        from metarl import registry
+
+        env = _last(layers, "env", None)
+        if env is None:
+            raise ConfigError("no task family given: pass --env NAME (see `metarl list envs`)")
+        env = _check("env", env, "config")
+        layers, origins, flags = (
+            [registry.envs.load(env).reference_config(), *layers],
+            [f"reference config of {env!r}", *origins],
+            [True, *flags],
+        )
+    algo = _check("algo", _last(layers, "algo", Config.algo), "config")
+    policy = _check("policy", _last(layers, "policy", Config.policy, algo), "config")
+    merged = Config().to_dict()
+    for layer, origin, soft in zip(layers, origins, flags):
+        section = _sections(layer, origin).get(algo, {})
+        base = {k: v for k, v in layer.items() if k != SECTIONS_KEY}
+        for part, where in ((base, origin), (section, f"the {algo!r} section of {origin}")):
+            for key, value in migrate_layer(part, soft, algo, policy).items():
+                value = _check(str(key), value, where)
+                if key in NESTED_KEYS:
+                    value = _merge_nested(key, merged[key], value)
+                merged[key] = value
     return Config(**merged)
+
+
+def _merge_nested(key: str, old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    if key != "regularizers":
+        return {**old, **new}
+    return {name: {**old.get(name, {}), **spec} for name, spec in {**old, **new}.items()}
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -211,13 +303,20 @@ def parse_value(where: str, raw: str) -> Any:
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
-    """`KEY=VALUE` strings to a mapping, each VALUE parsed as YAML."""
+    """`KEY=VALUE` strings to a mapping, each VALUE parsed as YAML; `A.B=VALUE` sets key B of mapping A
+    (`--set algo_kwargs.max_kl=0.02`, `--set regularizers.entropy.weight=0.1`)."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
+        path = [part.strip() for part in key.split(".")]
+        if not sep or not all(path):
             raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = parse_value(f"--set {key}", raw)
+        target = out
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"--set {key}: {part!r} is set to a value and used as a mapping")
+        target[path[-1]] = parse_value(f"--set {key}", raw)
     return out
 
 

@@ -1,98 +1,17 @@
-"""Adaptation on held-out tasks: mean return after 0..K inner gradient steps, with 95 % intervals."""
+"""Reporting of an evaluation: the table, evaluation.csv / .json, the adaptation-curve plot, and
+`evaluate_run`, the whole of `metarl evaluate` for a trainer at a checkpoint."""
 
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-from torch import nn
-
-from metarl.algos.adaptation import adapt_stacked
-from metarl.algos.advantages import compute_advantages
+from metarl.algos.held_out import TEST_STREAM, AdaptationResult, held_out_rng
 from metarl.checkpoint import atomic_write
-from metarl.config import Config
-from metarl.policies.batched import Params, detach, stack
-from metarl.sampling import make_vector_env, sample_episodes
-from metarl.tasks import TaskDistribution
 
-# Seed-sequence spawn keys: training draws from SeedSequence(seed) itself, so these streams never overlap it.
-VALIDATION_STREAM = 1
-TEST_STREAM = 2
-
-
-def held_out_rng(seed: int, stream: int) -> np.random.Generator:
-    """A generator for validation or test tasks, disjoint from the training stream of the same seed."""
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(stream,)))
-
-
-@dataclass
-class AdaptationResult:
-    """Returns of each held-out task (rows) after 0..K inner steps (columns)."""
-
-    tasks: list[dict[str, Any]]
-    returns: np.ndarray  # [num_tasks, K + 1]
-    adapted_params: Params  # stacked per task, after the K steps
-    success: np.ndarray | None = None  # [num_tasks, K + 1] fraction of episodes that succeeded, if reported
-
-    def summary(self) -> list[dict[str, float]]:
-        """Per step: mean over tasks and a 95 % normal interval of that mean (and the success rate)."""
-        rows = []
-        n = self.returns.shape[0]
-        for step, column in enumerate(self.returns.T):
-            mean = float(column.mean())
-            half = 1.96 * float(column.std(ddof=1)) / math.sqrt(n) if n > 1 else float("nan")
-            rows.append({"step": step, "mean": mean, "ci_low": mean - half, "ci_high": mean + half})
-            if self.success is not None:
-                rows[-1]["success_rate"] = float(self.success[:, step].mean())
-        return rows
-
-
-def evaluate_adaptation(
-    policy: nn.Module,
-    family: TaskDistribution,
-    config: Config,
-    tasks: list[dict[str, Any]],
-    steps: int,
-    episodes: int,
-    seed: int,
-    device: torch.device,
-    inner_lr: float | Params | None = None,
-) -> AdaptationResult:
-    """Adapt to every task for `steps` inner steps, sampling `episodes` per step.
-
-    The step size is `inner_lr` (a number, or one tensor per parameter as Meta-SGD learns), by default
-    the config's.
-
-    Step k's return is measured with the parameters after k steps, on the same episodes that the
-    (k+1)-th step then adapts on, as in the MAML paper's evaluation.
-    """
-    env = make_vector_env(family, tasks, episodes, device)
-    horizon = config.horizon or family.max_episode_steps
-    rng = np.random.default_rng(seed)
-    params: Params = stack(detach(dict(policy.named_parameters())), len(tasks))
-    returns, successes = [], []
-    try:
-        for step in range(steps + 1):
-            batch = sample_episodes(policy, params, env, horizon, int(rng.integers(2**31 - 1)))
-            returns.append(batch.episode_returns().mean(-1).cpu().numpy())
-            if batch.success is not None:
-                successes.append(batch.success.mean(-1).cpu().numpy())
-            if step < steps:
-                batch = batch.with_advantages(
-                    compute_advantages(batch, config.gamma, config.gae_lambda, config.normalize_advantages)
-                )
-                leaf = {n: p.detach().requires_grad_() for n, p in params.items()}
-                lr = config.inner_lr if inner_lr is None else inner_lr
-                params = detach(adapt_stacked(policy, leaf, batch, lr, 1, first_order=True).params)
-    finally:
-        env.close()
-    success = np.stack(successes, axis=1) if successes else None
-    return AdaptationResult(tasks, np.stack(returns, axis=1), params, success)
+if TYPE_CHECKING:
+    from metarl.trainer import Trainer
 
 
 def format_table(rows: list[dict[str, float]]) -> str:
@@ -129,3 +48,74 @@ def write_evaluation(run_dir: Path, result: AdaptationResult, meta: dict[str, An
     atomic_write(json_path, json.dumps(document, indent=2).encode())
     plot_adaptation_curves({"meta-learned": rows}, f"{meta.get('env', '')}: adaptation on held-out tasks", png_path)
     return [csv_path, json_path, png_path]
+
+
+def evaluate_run(
+    trainer: Trainer,
+    out_dir: Path,
+    checkpoint: str,
+    num_tasks: int,
+    steps: int,
+    episodes: int | None = None,
+    seed: int | None = None,
+    baselines: list[str] | None = None,
+    baseline_steps: int = 100_000,
+    baseline_tasks: int = 3,
+    video_tasks: int = 0,
+) -> tuple[str, list[Path]]:
+    """`metarl evaluate`: adapt on held-out test tasks and write the reports into `out_dir`.
+
+    Returns the printed report and the paths written: evaluation.csv/.json, adaptation_curve.png,
+    TensorBoard scalars, the PPO baselines' files when asked, and adaptation.gif with `video_tasks` > 0.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    config = trainer.config
+    seed = config.seed if seed is None else seed
+    episodes = episodes or config.fast_batch_size
+    tasks = trainer.family.sample_tasks(num_tasks, held_out_rng(seed, TEST_STREAM))
+    result = trainer.evaluate(tasks, steps, episodes, seed)
+    meta = {
+        "env": config.env,
+        "evaluated_on": {"env": trainer.family_name, "env_kwargs": trainer.family_kwargs},
+        "checkpoint": checkpoint,
+        "iteration": trainer.iteration,
+        "seed": seed,
+        "episodes": episodes,
+        "inner_lr": config.inner_lr,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = write_evaluation(out_dir, result, meta)
+    compared: dict[str, Any] = {}
+    if baselines:
+        from metarl.ppo_baselines import evaluate_baselines
+
+        compared, written = evaluate_baselines(
+            trainer, result, baselines, baseline_steps, baseline_tasks, episodes, seed, out_dir
+        )
+        paths += [p for p in written if p not in paths]
+    with SummaryWriter(log_dir=str(out_dir)) as writer:
+        for row in result.summary():
+            writer.add_scalar("evaluation/return_by_inner_steps", row["mean"], row["step"])
+            if "success_rate" in row:
+                writer.add_scalar("evaluation/success_rate_by_inner_steps", row["success_rate"], row["step"])
+        for row in compared.get("pretrained", {}).get("summary", []):
+            writer.add_scalar("evaluation/pretrained_return_by_inner_steps", row["mean"], row["step"])
+        if video_tasks:
+            from metarl.video import write_adaptation_video
+
+            gif = out_dir / "adaptation.gif"
+            horizon = config.horizon_for(trainer.family)
+            paths.append(
+                write_adaptation_video(trainer.policy, trainer.family, result, video_tasks, horizon, gif, seed, writer)
+            )
+    lines = [
+        f"{config.env}, checkpoint {checkpoint} (iteration {trainer.iteration}), {len(tasks)} held-out tasks, "
+        f"{episodes} episodes per task and step",
+        format_table(result.summary()),
+    ]
+    if compared:
+        from metarl.ppo_baselines import format_baselines
+
+        lines.append(format_baselines(compared))
+    return "\n".join(lines), paths

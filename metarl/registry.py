@@ -46,11 +46,15 @@ class PluginStatus:
 class Registry:
     """Named plugins of one entry-point group, loaded lazily and checked against the contract."""
 
-    def __init__(self, kind: str, plural: str, group: str, check: Callable[[Any], None]) -> None:
+    def __init__(
+        self, kind: str, plural: str, group: str, check: Callable[[Any], None], positional: tuple[str, ...] = ()
+    ) -> None:
         self.kind = kind
         self.plural = plural
         self.group = group
         self._check = check
+        #: constructor arguments of the contract, before a component's own keywords (its hyperparameters)
+        self.positional = positional
         self._sources: dict[str, list[PluginSource]] | None = None
         self._loaded: dict[str, Any] = {}
 
@@ -148,7 +152,9 @@ def _check_subclass(base_path: str) -> Callable[[Any], None]:
 
 
 envs = Registry("env", "envs", "metarl.envs", _check_subclass("metarl.tasks.TaskDistribution"))
-policies = Registry("policy", "policies", "metarl.policies", _check_subclass("torch.nn.Module"))
+policies = Registry(
+    "policy", "policies", "metarl.policies", _check_subclass("torch.nn.Module"), ("observation_space", "action_space")
+)
 regularizers = Registry(
     "regularizer",
     "regularizers",
@@ -157,7 +163,13 @@ regularizers = Registry(
 )
 
 
-algorithms = Registry("algorithm", "algorithms", "metarl.algorithms", _check_subclass("metarl.algos.base.MetaLearner"))
+algorithms = Registry(
+    "algorithm",
+    "algorithms",
+    "metarl.algorithms",
+    _check_subclass("metarl.algos.base.MetaLearner"),
+    ("policy", "family", "config", "regularizers", "device"),
+)
 
 REGISTRIES: dict[str, Registry] = {
     "envs": envs,

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from metarl.errors import MetarlError
 
 if TYPE_CHECKING:
-    from metarl.evaluation import AdaptationResult
+    from metarl.algos.held_out import AdaptationResult
     from metarl.trainer import Trainer
 
 # Config keys the sweep sets itself for every run.
@@ -255,7 +255,7 @@ def plot_validation(
 
 def validate(trainers: dict[SweepRun, Trainer], weights: list[float], seeds: list[int]) -> Validation:
     """Every final policy adapted on the same validation tasks, drawn from the first seed's VALIDATION_STREAM."""
-    from metarl.evaluation import VALIDATION_STREAM, held_out_rng
+    from metarl.algos.held_out import VALIDATION_STREAM, held_out_rng
 
     first = next(iter(trainers.values()))
     tasks = first.family.sample_tasks(first.config.eval_tasks, held_out_rng(seeds[0], VALIDATION_STREAM))
@@ -265,7 +265,7 @@ def validate(trainers: dict[SweepRun, Trainer], weights: list[float], seeds: lis
 
 def evaluate_test(trainers: dict[SweepRun, Trainer], seed: int) -> list[dict[str, Any]]:
     """Returns before and after adaptation of `trainers` on the test tasks of `seed`'s TEST_STREAM."""
-    from metarl.evaluation import TEST_STREAM, held_out_rng
+    from metarl.algos.held_out import TEST_STREAM, held_out_rng
 
     first = next(iter(trainers.values()))
     tasks = first.family.sample_tasks(first.config.eval_tasks, held_out_rng(seed, TEST_STREAM))

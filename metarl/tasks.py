@@ -1,16 +1,18 @@
-"""The task-family contract: sample task parameters, build a Gymnasium env for one task."""
+"""The task-family contract: sample task parameters, build a Gymnasium env for one task, optionally
+step many tasks at once (`VectorTaskEnv`), in Box or Discrete spaces."""
 
 from __future__ import annotations
 
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+import gymnasium as gym
+
+from metarl.errors import PluginError
+
 if TYPE_CHECKING:
-    import gymnasium
     import numpy as np
     import torch
-
-    from metarl.sampling.vector_env import VectorTaskEnv
 
 
 class TaskDistribution:
@@ -31,7 +33,7 @@ class TaskDistribution:
         """`num_tasks` JSON-serialisable task parameter dicts drawn with `rng`."""
         raise NotImplementedError
 
-    def make_env(self, task: dict[str, Any]) -> gymnasium.Env:
+    def make_env(self, task: dict[str, Any]) -> gym.Env:
         """A Gymnasium env (Box or Discrete spaces) for one task."""
         raise NotImplementedError
 
@@ -52,3 +54,43 @@ class TaskDistribution:
         package = package or cls.__module__.rpartition(".")[0] or cls.__module__
         text = resources.files(package).joinpath(path).read_text()
         return yaml.safe_load(text) or {}
+
+
+class VectorTaskEnv:
+    """Steps episodes of many tasks at once; tensors are shaped [num_tasks, episodes_per_task, ...].
+
+    Each env runs one episode per `reset`. `step` returns (observations, rewards, dones); an episode
+    that is done is ignored by the sampler afterwards, whatever the env returns for it.
+    """
+
+    observation_space: gym.Space
+    action_space: gym.Space
+    num_tasks: int
+    episodes_per_task: int
+    device: torch.device
+
+    def reset(self, seed: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def episode_successes(self) -> torch.Tensor | None:
+        """[num_tasks, episodes_per_task]: whether each episode since `reset` reported success
+        (`info["success"]`, as Meta-World does), or None when the env reports no success."""
+        return None
+
+    def close(self) -> None:
+        """Release resources (nothing by default)."""
+
+
+def check_spaces(observation_space: gym.Space, action_space: gym.Space, where: str) -> None:
+    """Raise a PluginError unless both spaces are Box or Discrete."""
+    for role, space in (("observation", observation_space), ("action", action_space)):
+        if not isinstance(space, (gym.spaces.Box, gym.spaces.Discrete)):
+            raise PluginError(f"{where}: unsupported {role} space {space!r}; metarl supports Box and Discrete")
+
+
+def space_signature(space: gym.Space) -> tuple:
+    """What a policy depends on in a Box or Discrete space: its kind and shape (Box bounds may differ)."""
+    return (type(space).__name__, int(space.n)) if isinstance(space, gym.spaces.Discrete) else ("Box", space.shape)

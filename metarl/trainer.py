@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 import random
 import time
@@ -11,15 +10,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 import yaml
-from torch import nn
 
-from metarl import __version__, distributed, registry
+from metarl import __version__, distributed
 from metarl.algos.base import VALIDATION_METRIC
+from metarl.algos.held_out import VALIDATION_STREAM, AdaptationResult, held_out_rng
 from metarl.allocator import keep_freed_memory
+from metarl.build import build_run, make_family, probe_spaces
 from metarl.checkpoint import (
     atomic_write,
     best_checkpoint_path,
@@ -27,98 +26,14 @@ from metarl.checkpoint import (
     load_newest_checkpoint,
     save_checkpoint,
 )
-from metarl.config import Config
-from metarl.errors import ConfigError, MetarlError, PluginError
-from metarl.evaluation import VALIDATION_STREAM, AdaptationResult, held_out_rng
+from metarl.config import Config, build_config, load_yaml
+from metarl.errors import ConfigError, MetarlError
 from metarl.logging import RunLogger
-from metarl.policies.mlp import default_policy_name
-from metarl.regularizers.base import Regularizer
-from metarl.sampling.vector_env import check_spaces, space_signature
-from metarl.tasks import TaskDistribution
+from metarl.tasks import space_signature
 
 CONFIG_FILE = "config.yaml"
 VALIDATION_TAG = VALIDATION_METRIC
 SUMMARY_TAGS = ["return/before_adaptation", "return/after_adaptation", VALIDATION_TAG]
-
-
-def _construct(cls: type, what: str, *args: Any, **kwargs: Any) -> Any:
-    """Instantiate a plugin class; a bad keyword is the user's ConfigError, anything else the plugin's."""
-    try:
-        inspect.signature(cls).bind(*args, **kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"{what}: {exc}") from None
-    try:
-        return cls(*args, **kwargs)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{what}: {exc}") from None
-    except Exception as exc:
-        raise PluginError(f"{what} failed to construct: {type(exc).__name__}: {exc}") from exc
-
-
-def make_family(config: Config) -> TaskDistribution:
-    return _construct(registry.envs.load(config.env), f"env {config.env!r} (env_kwargs)", **config.env_kwargs)
-
-
-def probe_spaces(family: TaskDistribution, name: str) -> tuple[gym.Space, gym.Space]:
-    """Observation and action spaces of the family, from one env built with a throwaway generator."""
-    try:
-        task = family.sample_tasks(1, np.random.default_rng(0))[0]
-        env = family.make_env(task)
-    except Exception as exc:
-        raise PluginError(f"env {name!r} failed to build an environment: {type(exc).__name__}: {exc}") from exc
-    spaces = env.observation_space, env.action_space
-    env.close()
-    check_spaces(*spaces, where=f"env {name!r}")
-    return spaces
-
-
-def make_policy(config: Config, observation_space: gym.Space, action_space: gym.Space) -> nn.Module:
-    """The configured policy; `hidden_sizes` and `activation` are passed when it accepts them."""
-    name = config.policy or default_policy_name(action_space)
-    cls = registry.policies.load(name)
-    accepted = inspect.signature(cls).parameters
-    kwargs = {k: getattr(config, k) for k in ("hidden_sizes", "activation") if k in accepted}
-    policy = _construct(cls, f"policy {name!r}", observation_space, action_space, **kwargs)
-    _check_policy_output(policy, name, observation_space)
-    return policy
-
-
-def _check_policy_output(policy: nn.Module, name: str, observation_space: gym.Space) -> None:
-    """The contract: forward(obs) is a Distribution with one log-probability per observation."""
-    from metarl.policies.mlp import observation_dim
-
-    obs = torch.zeros(3, observation_dim(observation_space))
-    try:
-        with torch.no_grad():
-            pi = policy(obs)
-            log_prob = pi.log_prob(pi.sample()) if isinstance(pi, torch.distributions.Distribution) else None
-    except Exception as exc:
-        raise PluginError(f"policy {name!r} failed on a batch of observations: {type(exc).__name__}: {exc}") from exc
-    if log_prob is None:
-        raise PluginError(f"policy {name!r} returned {type(pi).__name__}, not a torch.distributions.Distribution")
-    if tuple(log_prob.shape) != (3,):
-        raise PluginError(f"policy {name!r}: log_prob of 3 observations has shape {tuple(log_prob.shape)}, not (3,)")
-
-
-def make_regularizers(config: Config) -> dict[str, tuple[Regularizer, float]]:
-    return {
-        name: (_construct(registry.regularizers.load(name), f"regularizer {name!r}"), float(weight))
-        for name, weight in config.regularizers.items()
-    }
-
-
-def seed_everything(seed: int) -> np.random.Generator:
-    """Seed torch and Python; return the numpy Generator that samples tasks and env seeds."""
-    random.seed(seed)
-    torch.manual_seed(seed)
-    return np.random.default_rng(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    """The configured device; under torchrun, joins the process group (each rank on its own GPU)."""
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but torch.cuda.is_available() is False; use --device cpu")
-    return distributed.init_from_env(torch.device(name))
 
 
 def seed_rank(seed: int, iteration: int) -> None:
@@ -158,23 +73,12 @@ class Trainer:
     """
 
     def __init__(self, config: Config) -> None:
-        self.config = config
         keep_freed_memory()
-        self.device = resolve_device(config.device)
-        self.family = make_family(config)
+        run = build_run(config)
+        self.config = run.config  # every component's keys resolved: what config.yaml records
+        self.device, self.family, self.spaces, self.rng = run.device, run.family, run.spaces, run.rng
+        self.policy, self.learner = run.policy, run.learner
         self.family_name, self.family_kwargs = config.env, config.env_kwargs
-        observation_space, action_space = self.spaces = probe_spaces(self.family, config.env)
-        self.rng = seed_everything(config.seed)
-        self.policy = make_policy(config, observation_space, action_space).to(self.device)
-        self.learner = _construct(
-            registry.algorithms.load(config.algo),
-            f"algorithm {config.algo!r}",
-            self.policy,
-            self.family,
-            config,
-            make_regularizers(config),
-            self.device,
-        )
         self.iteration = 0
         self.run_dir: Path | None = None
         self.validation_tasks = self.family.sample_tasks(
@@ -206,8 +110,26 @@ class Trainer:
         if not distributed.is_main():
             return None
         self.run_dir = new_run_dir(logdir, self.config)
-        atomic_write(self.run_dir / CONFIG_FILE, yaml.safe_dump(self.config.to_dict(), sort_keys=False).encode())
+        self.write_config()
         return self.run_dir
+
+    def write_config(self) -> None:
+        """The resolved config as the run directory's config.yaml (atomically)."""
+        assert self.run_dir is not None
+        atomic_write(self.run_dir / CONFIG_FILE, yaml.safe_dump(self.config.to_dict(), sort_keys=False).encode())
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, checkpoint: str | int = "last") -> Trainer:
+        """The trainer of a run directory at a checkpoint (`"best"`, `"last"` or an iteration number).
+
+        It can `evaluate`, or `train(n)` further: training continues the run directory from that
+        checkpoint (rows and checkpoints logged after it are replaced).
+        """
+        from metarl.checkpoint import load_checkpoint, select_checkpoint
+
+        run_dir = Path(run_dir)
+        load_run_config(run_dir)  # a folder that is not a run fails here, before looking for checkpoints
+        return trainer_from_run(run_dir, load_checkpoint(select_checkpoint(run_dir, str(checkpoint))))
 
     def state(self) -> dict[str, Any]:
         """Everything needed to continue this run exactly."""
@@ -313,13 +235,12 @@ class Trainer:
 
 
 def load_run_config(run_dir: Path) -> Config:
-    """The resolved config a run was started with."""
-    from metarl.config import build_config, load_yaml
-
+    """The resolved config a run was started with; a metarl 0.1.0 flat config is migrated (its
+    learner's and policy's keys move into `algo_kwargs` and `policy_kwargs`)."""
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise MetarlError(f"{str(run_dir)!r} is not a metarl run directory (no {CONFIG_FILE})")
-    return build_config(load_yaml(path), origins=[str(path)])
+    return build_config(load_yaml(path), origins=[str(path)], lenient=[True])
 
 
 def trainer_from_run(run_dir: Path, state: dict[str, Any]) -> Trainer:
@@ -333,4 +254,7 @@ def trainer_from_run(run_dir: Path, state: dict[str, Any]) -> Trainer:
 def resume_trainer(run_dir: Path, warn: Callable[[str], None]) -> Trainer:
     """A trainer continuing `run_dir` from its newest readable checkpoint."""
     load_run_config(run_dir)  # a folder that is not a run fails here, before looking for checkpoints
-    return trainer_from_run(run_dir, load_newest_checkpoint(run_dir, warn))
+    trainer = trainer_from_run(run_dir, load_newest_checkpoint(run_dir, warn))
+    if trainer.run_dir is not None and load_yaml(run_dir / CONFIG_FILE) != trainer.config.to_dict():
+        trainer.write_config()  # an older run's config.yaml, migrated to this version's form
+    return trainer

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from metarl.algos.held_out import AdaptationResult
 from metarl.checkpoint import atomic_write
 from metarl.errors import MetarlError
-from metarl.evaluation import AdaptationResult
 from metarl.policies.batched import Params, detach, distribution, unstack
 from metarl.tasks import TaskDistribution
 

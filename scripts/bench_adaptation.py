@@ -34,6 +34,9 @@ from metarl_envs.navigation import Navigation2D
 
 OBS_DIM, ACT_DIM = 20, 6
 
+# the MAML-TRPO settings of both paths
+MAX_KL, CG_ITERS, CG_DAMPING, LS_MAX_STEPS, LS_BACKTRACK_RATIO = 0.01, 10, 1e-5, 15, 0.8
+
 
 def random_episodes(tasks: int, episodes: int, steps: int, device: torch.device) -> Episodes:
     generator = torch.Generator().manual_seed(0)
@@ -55,7 +58,15 @@ def _sync(device: torch.device) -> None:
 def batched(policy: GaussianMLP, config: Config, train: Episodes, valid: Episodes) -> tuple[float, float, dict]:
     """The real path; returns (adaptation s, outer step s, metrics)."""
     # the family only sets the horizon, which these two calls do not use
-    learner = MAMLTRPO(policy, Navigation2D(), config, device=train.rewards.device)
+    learner = MAMLTRPO(
+        policy,
+        Navigation2D(),
+        config,
+        device=train.rewards.device,
+        max_kl=MAX_KL,
+        cg_iters=CG_ITERS,
+        cg_damping=CG_DAMPING,
+    )
     params = dict(policy.named_parameters())
     start = time.perf_counter()
     adaptation = learner.adapt(params, train, first_order=False)
@@ -134,22 +145,22 @@ def loop(policy: GaussianMLP, config: Config, train: Episodes, valid: Episodes) 
             jacobian_product(i, flatten(list(fishers[i](unflatten(jacobian_product(i, v), points[i])).values())))
             for i in range(num_tasks)
         )
-        return total + config.cg_damping * v
+        return total + CG_DAMPING * v
 
-    step = natural_step(grad, fvp, config.max_kl, config.cg_iters)
+    step = natural_step(grad, fvp, MAX_KL, CG_ITERS)
     current, direction, size = detach(params), unflatten(step, params), 1.0
-    metrics = {"train/line_search_steps": float(config.ls_max_steps)}
-    for attempt in range(1, config.ls_max_steps + 1):
+    metrics = {"train/line_search_steps": float(LS_MAX_STEPS)}
+    for attempt in range(1, LS_MAX_STEPS + 1):
         candidate = {n: (current[n] - size * direction[n]).requires_grad_() for n in current}
         adapted = [_inner_step(policy, candidate, train[i], lr, create_graph=False)[0] for i in range(num_tasks)]
         with torch.no_grad():
             loss_after, kl = objective(adapted)
-            if loss.item() - loss_after.item() > 0 and kl.item() < config.max_kl:
+            if loss.item() - loss_after.item() > 0 and kl.item() < MAX_KL:
                 for name, p in params.items():
                     p.copy_(candidate[name])
                 metrics = {"train/line_search_steps": float(attempt)}
                 break
-        size *= config.ls_backtrack_ratio
+        size *= LS_BACKTRACK_RATIO
     _sync(device)
     return adapted_at - start, time.perf_counter() - adapted_at, metrics
 
@@ -170,7 +181,7 @@ def main() -> None:
     torch.manual_seed(0)
     policy = GaussianMLP(box(OBS_DIM), box(ACT_DIM), hidden_sizes=[64, 64], activation="tanh").to(device)
     initial = {n: p.detach().clone() for n, p in policy.named_parameters()}
-    config = Config(inner_lr=0.1, max_kl=0.01, cg_iters=10, cg_damping=1e-5)
+    config = Config(inner_lr=0.1)
     train = random_episodes(args.tasks, args.episodes, args.steps, device)
     valid = random_episodes(args.tasks, args.episodes, args.steps, device)
     print(

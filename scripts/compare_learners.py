@@ -33,7 +33,7 @@ def step_budget(env: str, iterations: int) -> int:
     """Env steps of `iterations` MAML iterations: train and validation episodes of every task."""
     family = registry.envs.load(env)
     config = build_config(family.reference_config(), SETTINGS[env])
-    horizon = config.horizon or family.max_episode_steps
+    horizon = config.horizon_for(family)
     return iterations * 2 * config.meta_batch_size * config.fast_batch_size * horizon
 
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from metarl.algos.advantages import compute_advantages
 from metarl.policies import GaussianMLP
 from metarl.policies.batched import detach, stack
 from metarl.sampling import Episodes, VectorTaskEnv, make_vector_env, sample_episodes
+from metarl.sampling.advantages import compute_advantages
 from metarl_envs.navigation import Navigation2D
 
 

@@ -13,10 +13,10 @@ from torch.func import functional_call
 from metarl import registry
 from metarl.algos.adaptation import policy_gradient_loss
 from metarl.algos.base import VALIDATION_METRIC, GradientMetaLearner, MetaLearner, SampledBatch
+from metarl.build import make_family, make_learner, make_policy, probe_spaces, seed_everything
 from metarl.config import build_config
 from metarl.policies.batched import detach, log_probs, stack
 from metarl.sampling.episodes import masked_mean
-from metarl.trainer import make_family, make_policy, probe_spaces, seed_everything
 from metarl_envs.navigation import Navigation2D
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -29,7 +29,7 @@ def _learner(name: str, **overrides):
     family = make_family(config)
     rng = seed_everything(config.seed)
     policy = make_policy(config, *probe_spaces(family, config.env))
-    return registry.algorithms.load(config.algo)(policy, family, config), rng
+    return make_learner(config, policy, family), rng
 
 
 def _run(learner, rng, iterations: int) -> list[dict[str, float]]:
@@ -81,7 +81,7 @@ def _config(**overrides):
 
 def test_meta_sgd_adapts_with_per_parameter_rates_like_a_per_task_loop():
     policy, family, _, train = small_batch()
-    learner = registry.algorithms.load("meta-sgd")(policy, family, _config(algo="meta-sgd"))
+    learner = make_learner(_config(algo="meta-sgd"), policy, family)
     torch.manual_seed(3)
     for a in learner.alpha.values():
         a.data = torch.rand_like(a) * 0.2
@@ -101,7 +101,7 @@ def test_meta_sgd_adapts_with_per_parameter_rates_like_a_per_task_loop():
 
 def test_promp_lvc_has_the_policy_gradient_but_another_hessian():
     policy, family, _, train = small_batch()
-    learner = registry.algorithms.load("promp")(policy, family, _config(algo="promp"))
+    learner = make_learner(_config(algo="promp"), policy, family)
     params = dict(policy.named_parameters())
     learner.sampling_params = detach(params)
     theta = list(params.values())
@@ -132,7 +132,7 @@ def test_e_maml_exploration_term_adds_a_gradient_that_vanishes_with_zero_weight(
     maml = GradientMetaLearner(policy, family, _config())
     reference = None
     for weight in (0.0, 1.0):
-        learner = registry.algorithms.load("e-maml")(policy, family, _config(algo="e-maml", exploration_weight=weight))
+        learner = make_learner(_config(algo="e-maml", exploration_weight=weight), policy, family)
         batch = SampledBatch(train, valid, learner.adapt(params, train, False), len(train), 0.0, 0.0)
         reference = _outer_gradient(maml, params, batch) if reference is None else reference
         extra = _outer_gradient(learner, params, batch) - reference
@@ -141,9 +141,7 @@ def test_e_maml_exploration_term_adds_a_gradient_that_vanishes_with_zero_weight(
 
 def test_maml_vpg_lowers_the_rate_on_a_plateau_and_keeps_the_best_parameters():
     policy, family, _, _ = small_batch()
-    learner = registry.algorithms.load("maml-vpg")(
-        policy, family, _config(algo="maml-vpg", lr_patience=1, lr_factor=0.5, outer_lr=0.01)
-    )
+    learner = make_learner(_config(algo="maml-vpg", lr_patience=1, lr_factor=0.5, outer_lr=0.01), policy, family)
     learner.end_iteration({VALIDATION_METRIC: -10.0})
     best = [p.detach().clone() for p in policy.parameters()]
     learner.end_iteration({VALIDATION_METRIC: math.nan})  # an iteration without validation: ignored

@@ -46,8 +46,14 @@ def test_train_writes_resolved_config(run_dir):
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["env"] == "navigation-2d"
     assert config["meta_batch_size"] == 4 and config["horizon"] == 20 and config["seed"] == 7
-    assert config["regularizers"] == {"l2-anchor": 0.01}
+    assert config["regularizers"] == {"l2-anchor": {"weight": 0.01}}
     assert config["inner_lr"] == 0.1  # from the family's reference config
+    # every component's keys, resolved: the family's maml-trpo section and the declared defaults
+    assert config["algo_kwargs"]["cg_subsample"] == 0.5 and config["algo_kwargs"]["max_kl"] == 0.01
+    assert set(config["algo_kwargs"]) == {"max_kl", "cg_iters", "cg_damping", "cg_subsample", "ls_max_steps",
+                                          "ls_backtrack_ratio"}  # fmt: skip
+    assert config["policy"] == "gaussian-mlp"
+    assert config["policy_kwargs"] == {"hidden_sizes": [64, 64], "activation": "tanh", "init_std": 1.0, "min_std": 1e-6}
     assert not list(run_dir.rglob("*.tmp"))
 
 

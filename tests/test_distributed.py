@@ -31,8 +31,10 @@ def _one_update(part: slice) -> tuple[dict[str, torch.Tensor], dict[str, float]]
     fields = ("observations", "actions", "rewards", "mask", "advantages")
     train = episodes_like(episodes, **{k: getattr(episodes, k)[part] for k in fields})
     # Sums over ranks round differently; CG amplifies that once its residual is tiny, so few iterations.
-    config = Config(inner_lr=0.1, max_kl=0.01, cg_iters=5, cg_damping=0.1)
-    learner = MAMLTRPO(policy, family, config, {"l2-anchor": (L2Anchor(), 0.5)})
+    config = Config(inner_lr=0.1)
+    learner = MAMLTRPO(
+        policy, family, config, {"l2-anchor": (L2Anchor(), 0.5)}, max_kl=0.01, cg_iters=5, cg_damping=0.1
+    )
     params = dict(policy.named_parameters())
     adaptation = learner.adapt(params, train, first_order=False)
     old = detach(adaptation.params)

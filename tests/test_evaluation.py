@@ -13,7 +13,7 @@ import torch
 from test_cli import SMALL, metarl
 from torch.func import functional_call
 
-from metarl.evaluation import TEST_STREAM, VALIDATION_STREAM, held_out_rng
+from metarl.algos.held_out import TEST_STREAM, VALIDATION_STREAM, held_out_rng
 from metarl_envs.navigation import Navigation2D
 
 
@@ -81,8 +81,8 @@ def test_validation_keeps_best_checkpoint(run_dir):
 def test_adapt_exports_a_model_sb3_loads_and_that_acts_like_metarl(run_dir, tmp_path):
     from stable_baselines3 import PPO
 
+    from metarl.algos.held_out import evaluate_adaptation
     from metarl.checkpoint import load_checkpoint, select_checkpoint
-    from metarl.evaluation import evaluate_adaptation
     from metarl.policies.batched import unstack
     from metarl.trainer import trainer_from_run
 

@@ -108,7 +108,7 @@ def test_subsampled_fisher_product_is_the_direct_one_on_the_first_episodes():
     task's validation episodes, through an inner step on the first half of its train episodes, at the
     sampled θᵢ' (the inner step's Jacobian from the subsample, the Fisher where the episodes came from)."""
     learner, params, adaptation, batch = _setup(False, 1)
-    learner.config = learner.config.replace(cg_subsample=0.5)
+    learner.cg_subsample = 0.5
     half = EPISODES // 2
     train, valid = batch.train.first_episodes(half), batch.valid.first_episodes(half)
     assert train.observations.shape[:2] == (TASKS, half)

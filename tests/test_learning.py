@@ -32,7 +32,7 @@ def test_first_order_also_learns():
 def test_navigation_matches_reference_curve():
     """pytorch-maml-rl's return after adaptation: about −25 at iteration 10, −17 at 25, −16 at 50
     (default config, about 30 s)."""
-    assert Navigation2D.reference_config()["cg_subsample"] == 0.5
+    assert build_config({"env": "navigation-2d"}, reference=True).algo_kwargs["cg_subsample"] == 0.5
     history = _train(50)
     after = [m["return/after_adaptation"] for m in history]
     assert np.mean(after[8:11]) > -27

@@ -139,8 +139,8 @@ def test_meta_trained_halfcheetah_dir_policy_adapts_in_one_step():
     runs nowhere in particular before adaptation; one inner step on 20 episodes (its training batch) of a
     direction's own reward makes it run that way, forward and backward. Over seeds 0–3: before −88 to
     32, after 170 to 179 forward and 352 to 361 backward."""
+    from metarl.algos.held_out import evaluate_adaptation
     from metarl.config import build_config
-    from metarl.evaluation import evaluate_adaptation
     from metarl.trainer import Trainer
 
     family = registry.envs.load("halfcheetah-dir")

@@ -28,12 +28,12 @@ from torch.func import functional_call
 import metarl
 from metarl import registry
 from metarl.algos.adaptation import adapt
-from metarl.algos.advantages import compute_advantages
 from metarl.config import build_config
 from metarl.errors import PluginError, UnknownNameError
 from metarl.policies.batched import detach, log_probs, sample_actions, stack, unstack
 from metarl.regularizers.base import RegularizerContext
 from metarl.sampling import GymVectorTaskEnv, make_vector_env, sample_episodes
+from metarl.sampling.advantages import compute_advantages
 
 EXAMPLE = "metarl-example"
 EXAMPLE_ENTRIES = {"envs": "point-reach", "policies": "tiny-gaussian", "regularizers": "adapted-entropy"}

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_cli import SMALL, metarl
 
@@ -146,7 +147,9 @@ def test_foreign_and_incompatible_checkpoints_are_refused(tmp_path):
     assert result.returncode == 2 and "format 99" in result.stderr and "Traceback" not in result.stderr
 
     torch.save(state, checkpoint)
-    (nav / "config.yaml").write_text((nav / "config.yaml").read_text().replace("- 64\n- 64", "- 32\n- 32"))
+    config = yaml.safe_load((nav / "config.yaml").read_text())
+    config["policy_kwargs"]["hidden_sizes"] = [32, 32]
+    (nav / "config.yaml").write_text(yaml.safe_dump(config))
     result = metarl("train", "--resume", str(nav))
     assert result.returncode == 2 and "does not fit this policy" in result.stderr
 

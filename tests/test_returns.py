@@ -3,9 +3,8 @@
 import numpy as np
 import torch
 
-from metarl.algos.returns import discounted_returns, gae
-from metarl.baselines import linear_feature_values
 from metarl.sampling import Episodes
+from metarl.sampling.advantages import discounted_returns, gae, linear_feature_values
 
 
 def test_gae_matches_hand_computation():

@@ -11,12 +11,14 @@ import pytest
 import torch
 
 from metarl import registry
+from metarl.algos.held_out import evaluate_adaptation
+from metarl.build import probe_spaces
 from metarl.config import build_config
-from metarl.evaluation import evaluate_adaptation, format_table, write_evaluation
+from metarl.evaluation import format_table, write_evaluation
 from metarl.policies import GaussianMLP
 from metarl.policies.batched import stack
 from metarl.sampling import GymVectorTaskEnv, make_vector_env, sample_episodes
-from metarl.trainer import Trainer, probe_spaces
+from metarl.trainer import Trainer
 from metarl_envs.navigation import Navigation2D
 
 RADIUS = 0.3

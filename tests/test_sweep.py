@@ -41,7 +41,8 @@ def test_sweep_chooses_the_best_validation_weight_and_tests_it(tmp_path: Path, c
         logdir = sweep_dir / f"w={weight:g}-s=3"
         (run_dir,) = [d for d in logdir.iterdir() if d.is_dir()]
         config = yaml.safe_load((run_dir / "config.yaml").read_text())
-        assert config["regularizers"] == {"entropy": weight} and config["seed"] == 3 and config["horizon"] == 5
+        assert config["regularizers"] == {"entropy": {"weight": weight}}
+        assert config["seed"] == 3 and config["horizon"] == 5
         assert list((run_dir / "checkpoints").glob("iter-000001.pt"))
 
     table = read_csv(sweep_dir / "validation.csv")

@@ -33,7 +33,7 @@ def test_autograd_hessian_product_of_a_quadratic():
 
 
 def _batch_for(policy, family, train, lr=0.1):
-    learner = MAMLTRPO(policy, family, Config(inner_lr=lr, max_kl=0.01))
+    learner = MAMLTRPO(policy, family, Config(inner_lr=lr), max_kl=0.01)
     params = dict(policy.named_parameters())
     adaptation = learner.adapt(params, train, first_order=False)
     valid = train  # the same states serve as validation data here

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from metarl.algos.held_out import AdaptationResult, evaluate_adaptation
 from metarl.config import build_config
 from metarl.errors import MetarlError
-from metarl.evaluation import AdaptationResult, evaluate_adaptation
 from metarl.policies import GaussianMLP
 from metarl.policies.batched import detach, stack
 from metarl.trainer import Trainer

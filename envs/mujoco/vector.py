@@ -23,7 +23,8 @@ from gymnasium.envs.mujoco.hopper_v5 import HopperEnv
 from gymnasium.envs.mujoco.walker2d_v5 import Walker2dEnv
 from mujoco import rollout
 
-from metarl.sampling.vector_env import VectorTaskEnv, step_to_device, to_device
+from metarl.sampling.vector_env import step_to_device, to_device
+from metarl.tasks import VectorTaskEnv
 from metarl_envs.mujoco.base import TaskMujocoEnv
 
 FULLPHYSICS = mujoco.mjtState.mjSTATE_FULLPHYSICS.value

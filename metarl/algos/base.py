@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,19 +23,18 @@ from torch import nn
 
 from metarl import distributed
 from metarl.algos.adaptation import Adaptation, adapt
-from metarl.algos.advantages import compute_advantages
+from metarl.algos.held_out import AdaptationResult, evaluate_adaptation
 from metarl.algos.trpo import flatten
 from metarl.config import Config
 from metarl.errors import PluginError
+from metarl.hyperparameters import POSITIVE, Hyperparameter, configure
 from metarl.policies.batched import Params, detach, log_probs, stack, unstack
 from metarl.regularizers.base import Regularizer, RegularizerContext
+from metarl.sampling.advantages import compute_advantages
 from metarl.sampling.episodes import Episodes, masked_mean
 from metarl.sampling.sampler import sample_episodes
 from metarl.sampling.vector_env import make_vector_env
 from metarl.tasks import TaskDistribution
-
-if TYPE_CHECKING:
-    from metarl.evaluation import AdaptationResult
 
 VALIDATION_METRIC = "validation/return_after_adaptation"
 
@@ -67,8 +66,12 @@ class MetaLearner:
     """Base of `metarl.algorithms` plugins: `step(rng)` runs one meta-iteration and returns its metrics.
 
     Subclasses implement `update`; they may override `adapt` (the inner loop), `refused` (metrics of
-    an iteration with non-finite values), `end_iteration` and the `state_dict` pair.
+    an iteration with non-finite values), `end_iteration` and the `state_dict` pair. A learner's own
+    keys are `Hyperparameter`s declared on its class and given as constructor keywords (the config's
+    `algo_kwargs`); the run-level keys (inner step, batch sizes, discount) are in `config`.
     """
+
+    takes_declared_keys_only = True  # **hyperparameters holds only the declared keys
 
     def __init__(
         self,
@@ -77,13 +80,15 @@ class MetaLearner:
         config: Config,
         regularizers: dict[str, tuple[Regularizer, float]] | None = None,
         device: torch.device | str = "cpu",
+        **hyperparameters: Any,
     ) -> None:
+        configure(self, hyperparameters, f"algorithm {type(self).__name__}")
         self.policy = policy
         self.family = family
         self.config = config
         self.regularizers = regularizers or {}
         self.device = torch.device(device)
-        self.horizon = config.horizon or family.max_episode_steps
+        self.horizon = config.horizon_for(family)
 
     def adapt(self, params: Params, train: Episodes, first_order: bool) -> Adaptation:
         """The inner loop from θ = `params` for every task of `train` (MAML's policy-gradient step)."""
@@ -206,8 +211,6 @@ class MetaLearner:
     def evaluate(self, tasks: list[dict[str, Any]], steps: int, episodes: int, seed: int) -> AdaptationResult:
         """Returns on `tasks` after 0..`steps` adaptation steps (by default inner gradient steps with
         `inner_lr`, `episodes` episodes per step); learners that adapt otherwise override this."""
-        from metarl.evaluation import evaluate_adaptation
-
         return evaluate_adaptation(
             self.policy, self.family, self.config, tasks, steps, episodes, seed, self.device, self.inner_lr
         )
@@ -232,10 +235,11 @@ class GradientMetaLearner(MetaLearner):
     """
 
     outer_steps = 1
+    outer_lr = Hyperparameter(1e-3, POSITIVE, "Adam learning rate of the outer step")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.optimizer = torch.optim.Adam(self.meta_parameters(), lr=self.config.outer_lr)
+        self.optimizer = torch.optim.Adam(self.meta_parameters(), lr=self.outer_lr)
 
     def meta_parameters(self) -> list[torch.Tensor]:
         """What the outer step optimises."""

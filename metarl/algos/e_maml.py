@@ -17,12 +17,15 @@ import torch
 from metarl import distributed
 from metarl.algos.adaptation import Adaptation
 from metarl.algos.base import GradientMetaLearner, SampledBatch
+from metarl.hyperparameters import NUMBER, Hyperparameter
 from metarl.policies.batched import Params, log_probs, stack
 from metarl.sampling.episodes import masked_mean
 
 
 class EMAML(GradientMetaLearner):
     """MAML (Adam outer step) with E-MAML's exploration term weighted by `exploration_weight`."""
+
+    exploration_weight = Hyperparameter(1.0, NUMBER, "weight λ of the exploration (REINFORCE) term")
 
     def exploration(self, params: Params, batch: SampledBatch) -> torch.Tensor:
         """−mean over tasks of mean log πθ(train) · standardised post-update return (this rank's share)."""
@@ -38,7 +41,7 @@ class EMAML(GradientMetaLearner):
         self, params: Params, adaptation: Adaptation, batch: SampledBatch, old_log_probs: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         parts = super().outer_loss(params, adaptation, batch, old_log_probs)
-        weight = self.config.exploration_weight
+        weight = self.exploration_weight
         if weight:
             term = self.exploration(params, batch)
             parts["loss"] = parts["loss"] + weight * term

@@ -30,6 +30,14 @@ from metarl.algos.adaptation import Adaptation
 from metarl.algos.base import MetaLearner, SampledBatch, finite
 from metarl.algos.curvature import fisher_product
 from metarl.algos.trpo import flatten, natural_step, unflatten
+from metarl.hyperparameters import (
+    FRACTION,
+    NON_NEGATIVE,
+    OPEN_UNIT_INTERVAL,
+    POSITIVE,
+    POSITIVE_INT,
+    Hyperparameter,
+)
 from metarl.policies.batched import Params, detach, log_probs, policy_kl
 from metarl.sampling.episodes import Episodes, masked_mean, step_weights
 
@@ -65,6 +73,15 @@ class MetaBatch:
 
 class MAMLTRPO(MetaLearner):
     """Meta-learner: `step(rng)` (from `MetaLearner`) runs one meta-iteration and returns its metrics."""
+
+    max_kl = Hyperparameter(0.01, POSITIVE, "trust region: largest mean KL of an accepted outer step")
+    cg_iters = Hyperparameter(10, POSITIVE_INT, "conjugate-gradient iterations for the step direction")
+    cg_damping = Hyperparameter(1e-5, NON_NEGATIVE, "damping added to the Fisher-vector products")
+    cg_subsample = Hyperparameter(
+        1.0, FRACTION, "fraction of each task's episodes in the Fisher-vector products (TRPO's subsampled Fisher)"
+    )
+    ls_max_steps = Hyperparameter(15, POSITIVE_INT, "backtracking line-search steps")
+    ls_backtrack_ratio = Hyperparameter(0.8, OPEN_UNIT_INTERVAL, "step shrink factor per backtracking step")
 
     def objective(self, params: Params, adapted: Params, batch: MetaBatch) -> OuterObjective:
         """Surrogate on validation episodes at the adapted parameters, plus weighted regularizers.
@@ -103,7 +120,7 @@ class MAMLTRPO(MetaLearner):
 
         def product(v: torch.Tensor) -> torch.Tensor:
             pulled = adaptation.vjp(fisher(adaptation.jvp(unflatten(v, params))))
-            return distributed.all_reduce_sum(flatten([pulled[name] for name in params])) + self.config.cg_damping * v
+            return distributed.all_reduce_sum(flatten([pulled[name] for name in params])) + self.cg_damping * v
 
         return product
 
@@ -119,7 +136,7 @@ class MAMLTRPO(MetaLearner):
     def _subsample(self, params: Params, adaptation: Adaptation, batch: MetaBatch) -> tuple[MetaBatch, Adaptation]:
         """The first `cg_subsample` of each task's episodes, and the inner step (for Jᵢ) on those."""
         episodes = batch.train.rewards.shape[1]
-        keep = max(1, math.ceil(self.config.cg_subsample * episodes))
+        keep = max(1, math.ceil(self.cg_subsample * episodes))
         if keep >= episodes:
             return batch, adaptation
         train, valid = batch.train.first_episodes(keep), batch.valid.first_episodes(keep)
@@ -139,7 +156,6 @@ class MAMLTRPO(MetaLearner):
         return _unchanged(refused, 0)
 
     def _trpo_update(self, params: Params, adaptation: Adaptation, batch: MetaBatch) -> dict[str, float]:
-        c = self.config
         adapted = {name: p.detach().requires_grad_() for name, p in adaptation.params.items()}
         before = self.objective(params, adapted, batch)
         grad = distributed.all_reduce_sum(self._gradient(before.loss, params, adapted, adaptation))
@@ -149,10 +165,10 @@ class MAMLTRPO(MetaLearner):
             "train/loss_before": loss_before,
             **{f"regularizer/{name}": value for name, value in zip(before.penalties, penalties)},
         }
-        step = natural_step(grad, self._fisher_product(params, adaptation, batch), c.max_kl, c.cg_iters)
+        step = natural_step(grad, self._fisher_product(params, adaptation, batch), self.max_kl, self.cg_iters)
         ok = finite(grad, step)
         metrics["train/non_finite"] = float(not ok)
-        attempts = c.ls_max_steps if ok else 0
+        attempts = self.ls_max_steps if ok else 0
 
         current = detach(params)
         direction = unflatten(step, current)
@@ -164,7 +180,7 @@ class MAMLTRPO(MetaLearner):
                 after = self.objective(candidate, adapted, batch)
             loss_after, surrogate_after, kl = _summed(after.loss, after.surrogate, after.kl)
             improvement = loss_before - loss_after
-            if np.isfinite(improvement) and np.isfinite(kl) and improvement > 0 and kl < c.max_kl:
+            if np.isfinite(improvement) and np.isfinite(kl) and improvement > 0 and kl < self.max_kl:
                 with torch.no_grad():
                     for name, p in params.items():
                         p.copy_(candidate[name])
@@ -179,7 +195,7 @@ class MAMLTRPO(MetaLearner):
                     "train/improvement": improvement,
                     "train/expected_improvement": size * (grad @ step).item(),
                 }
-            size *= c.ls_backtrack_ratio
+            size *= self.ls_backtrack_ratio
         return _unchanged(metrics, attempts)
 
 

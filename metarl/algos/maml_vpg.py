@@ -19,16 +19,19 @@ from typing import Any
 import torch
 
 from metarl.algos.base import VALIDATION_METRIC, GradientMetaLearner
+from metarl.hyperparameters import NON_NEGATIVE_INT, OPEN_UNIT_INTERVAL, Hyperparameter
 
 
 class MAMLVPG(GradientMetaLearner):
     """MAML with an Adam policy-gradient outer step, a plateau LR schedule and the best θ kept."""
 
+    lr_factor = Hyperparameter(0.5, OPEN_UNIT_INTERVAL, "outer learning rate multiplier on a plateau")
+    lr_patience = Hyperparameter(10, NON_NEGATIVE_INT, "monitored values without improvement before a cut")
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        c = self.config
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode="max", factor=c.lr_factor, patience=c.lr_patience
+            self.optimizer, mode="max", factor=self.lr_factor, patience=self.lr_patience
         )
         self.best_value = -math.inf
         self.best_state: dict[str, torch.Tensor] | None = None

@@ -42,11 +42,12 @@ class MetaSGD(GradientMetaLearner):
         config: Config,
         regularizers: dict[str, tuple[Regularizer, float]] | None = None,
         device: torch.device | str = "cpu",
+        **hyperparameters: Any,
     ) -> None:
         self.alpha: Params = {
             name: torch.full_like(p.detach(), config.inner_lr).requires_grad_() for name, p in policy.named_parameters()
         }
-        super().__init__(policy, family, config, regularizers, device)
+        super().__init__(policy, family, config, regularizers, device, **hyperparameters)
 
     @property
     def inner_lr(self) -> Params:

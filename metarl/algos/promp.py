@@ -22,6 +22,7 @@ import torch
 
 from metarl.algos.adaptation import Adaptation, inner_loop
 from metarl.algos.base import GradientMetaLearner, SampledBatch
+from metarl.hyperparameters import BOOLEAN, NON_NEGATIVE, OPEN_UNIT_INTERVAL, POSITIVE, POSITIVE_INT, Hyperparameter
 from metarl.policies.batched import Params, log_probs, policy_kl, stack
 from metarl.sampling.episodes import Episodes, masked_mean
 
@@ -29,10 +30,16 @@ from metarl.sampling.episodes import Episodes, masked_mean
 class ProMP(GradientMetaLearner):
     """ProMP: LVC inner step, clipped outer surrogate with an inner-KL penalty, several Adam steps."""
 
+    promp_steps = Hyperparameter(5, POSITIVE_INT, "Adam steps on each sampled meta-batch")
+    clip_eps = Hyperparameter(0.3, OPEN_UNIT_INTERVAL, "PPO clipping range of the outer likelihood ratio")
+    inner_kl_coef = Hyperparameter(5e-4, NON_NEGATIVE, "initial weight η of the KL penalty on the pre-update policy")
+    inner_kl_adaptive = Hyperparameter(False, BOOLEAN, "adapt η towards inner_kl_target (halve or double)")
+    inner_kl_target = Hyperparameter(0.01, POSITIVE, "KL the adaptive η aims at")
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.outer_steps = self.config.promp_steps
-        self.kl_coef = self.config.inner_kl_coef
+        self.outer_steps = self.promp_steps
+        self.kl_coef = self.inner_kl_coef
         self.sampling_params: Params = {}  # θo, set when a batch is sampled
         self._last_kl = 0.0
 
@@ -63,7 +70,7 @@ class ProMP(GradientMetaLearner):
     def outer_loss(
         self, params: Params, adaptation: Adaptation, batch: SampledBatch, old_log_probs: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        valid, eps = batch.valid, self.config.clip_eps
+        valid, eps = batch.valid, self.clip_eps
         ratio = self.surrogate(adaptation.params, batch, old_log_probs)
         clipped = torch.min(ratio * valid.advantages, ratio.clamp(1 - eps, 1 + eps) * valid.advantages)
         surrogate = -batch.task_mean(masked_mean(clipped, valid.mask))
@@ -80,11 +87,10 @@ class ProMP(GradientMetaLearner):
         metrics = super().update(batch)
         # the KL before the last Adam step, as in the reference implementation (no extra forward pass)
         metrics["train/inner_kl_last"] = self._last_kl
-        c = self.config
-        if c.inner_kl_adaptive:
-            if self._last_kl < c.inner_kl_target / 1.5:
+        if self.inner_kl_adaptive:
+            if self._last_kl < self.inner_kl_target / 1.5:
                 self.kl_coef /= 2
-            elif self._last_kl > c.inner_kl_target * 1.5:
+            elif self._last_kl > self.inner_kl_target * 1.5:
                 self.kl_coef *= 2
         metrics["train/inner_kl_coef"] = self.kl_coef
         return metrics

@@ -1,6 +1,6 @@
 """RL² (Duan et al. 2016): adaptation by a recurrent policy's memory instead of gradient steps.
 
-A *trial* is `EPISODES_PER_TRIAL` consecutive episodes of one task. `RL2Env` turns any metarl task
+A *trial* is `episodes_per_trial` (default 2) consecutive episodes of one task. `RL2Env` turns any metarl task
 family into a Gymnasium env whose episodes are trials: the observation is the task env's observation
 (flattened) followed by the previous action (flattened: one-hot for a Discrete space), the previous
 reward and a done flag that is 1 when the previous step ended an inner episode. Only the end of the
@@ -27,12 +27,13 @@ import torch
 from torch import nn
 
 from metarl.algos.base import MetaLearner
+from metarl.algos.held_out import AdaptationResult
 from metarl.config import Config
-from metarl.evaluation import AdaptationResult
+from metarl.hyperparameters import POSITIVE, POSITIVE_INT, Hyperparameter
 from metarl.regularizers.base import Regularizer
 from metarl.tasks import TaskDistribution
 
-#: episodes of the same task in one training trial (a constant: the config has no field for it)
+#: default episodes of the same task in one training trial (the `episodes_per_trial` key)
 EPISODES_PER_TRIAL = 2
 #: PPO minibatches per epoch: sb3-contrib steps the LSTM through each minibatch's sequences one time
 #: step at a time, so an epoch costs about this many passes over the trial length
@@ -176,11 +177,14 @@ def _trial_callback():
 class RL2(MetaLearner):
     """RL² with sb3-contrib's RecurrentPPO; see the module docstring.
 
-    One `step` is one RecurrentPPO rollout of `meta_batch_size × EPISODES_PER_TRIAL × horizon` env
+    One `step` is one RecurrentPPO rollout of `meta_batch_size × episodes_per_trial × horizon` env
     steps (`meta_batch_size` parallel trial envs) and its PPO update. `return/before_adaptation` and
     `return/after_adaptation` are the mean returns of the first and last episode of the trials that
     ended during the step.
     """
+
+    outer_lr = Hyperparameter(1e-3, POSITIVE, "PPO's learning rate")
+    episodes_per_trial = Hyperparameter(EPISODES_PER_TRIAL, POSITIVE_INT, "episodes of one task in a training trial")
 
     def __init__(
         self,
@@ -189,19 +193,19 @@ class RL2(MetaLearner):
         config: Config,
         regularizers: dict[str, tuple[Regularizer, float]] | None = None,
         device: torch.device | str = "cpu",
+        **hyperparameters: Any,
     ) -> None:
-        super().__init__(policy, family, config, regularizers, "cpu")
+        super().__init__(policy, family, config, regularizers, "cpu", **hyperparameters)
         if self.regularizers:
             raise ValueError("rl2 does not support regularizers")
         from sb3_contrib import RecurrentPPO
         from stable_baselines3.common.vec_env import DummyVecEnv
 
         self.num_envs = config.meta_batch_size
-        self.n_steps = EPISODES_PER_TRIAL * self.horizon
+        self.n_steps = self.episodes_per_trial * self.horizon
         seeds = np.random.SeedSequence(config.seed).generate_state(self.num_envs)
-        fns = [
-            (lambda s=int(s): RL2Env(family, self.horizon, np.random.default_rng(s), EPISODES_PER_TRIAL)) for s in seeds
-        ]
+        trials = self.episodes_per_trial
+        fns = [(lambda s=int(s): RL2Env(family, self.horizon, np.random.default_rng(s), trials)) for s in seeds]
         self.vec_env = DummyVecEnv(fns)
         total = self.num_envs * self.n_steps
         self.model = RecurrentPPO(
@@ -209,8 +213,9 @@ class RL2(MetaLearner):
             self.vec_env,
             n_steps=self.n_steps,
             batch_size=max(1, total // RL2_MINIBATCHES),
-            learning_rate=config.outer_lr,
+            learning_rate=self.outer_lr,
             gamma=config.gamma,
+            gae_lambda=config.gae_lambda,
             seed=config.seed,
             device="cpu",
             verbose=0,

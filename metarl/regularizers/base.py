@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from metarl.hyperparameters import configure
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -28,7 +30,17 @@ class RegularizerContext:
 
 
 class Regularizer:
-    """Base class of `metarl.regularizers` plugins. Constructed without arguments."""
+    """Base class of `metarl.regularizers` plugins.
+
+    Constructed with the keys of its config mapping other than `weight` (`NAME: {weight: W, KEY: V}`),
+    none by default. A subclass declares its keys as `metarl.hyperparameters.Hyperparameter`s, or
+    takes them as constructor keywords of its own.
+    """
+
+    takes_declared_keys_only = True  # **hyperparameters holds only the declared keys
+
+    def __init__(self, **hyperparameters: object) -> None:
+        configure(self, hyperparameters, f"regularizer {type(self).__name__}")
 
     def __call__(self, ctx: RegularizerContext) -> torch.Tensor:
         """A scalar tensor, differentiable w.r.t. `ctx.params`."""

@@ -7,7 +7,7 @@ from torch import nn
 
 from metarl.policies.batched import sample_actions
 from metarl.sampling.episodes import Episodes
-from metarl.sampling.vector_env import VectorTaskEnv
+from metarl.tasks import VectorTaskEnv
 
 
 @torch.no_grad()

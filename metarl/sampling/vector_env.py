@@ -1,63 +1,20 @@
 """Environments for a whole meta-batch: `num_tasks` × `episodes_per_task` episodes stepped together.
 
-`VectorTaskEnv` is the interface of a family's batched fast path (tensors in, tensors out, on the
-run's device). `GymVectorTaskEnv` is the generic path over `TaskDistribution.make_env`, which every
+`metarl.tasks.VectorTaskEnv` is the interface of a family's batched fast path (tensors in, tensors
+out, on the run's device). `GymVectorTaskEnv` is the generic path over `TaskDistribution.make_env`, which every
 family, third-party ones included, supports. Envs that step on the host use `to_device` and
 `step_to_device`: one host→device copy per time step for the whole meta-batch.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from metarl.errors import PluginError
-
-if TYPE_CHECKING:
-    from metarl.tasks import TaskDistribution
-
-
-class VectorTaskEnv:
-    """Steps episodes of many tasks at once; tensors are shaped [num_tasks, episodes_per_task, ...].
-
-    Each env runs one episode per `reset`. `step` returns (observations, rewards, dones); an episode
-    that is done is ignored by the sampler afterwards, whatever the env returns for it.
-    """
-
-    observation_space: gym.Space
-    action_space: gym.Space
-    num_tasks: int
-    episodes_per_task: int
-    device: torch.device
-
-    def reset(self, seed: int) -> torch.Tensor:
-        raise NotImplementedError
-
-    def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
-
-    def episode_successes(self) -> torch.Tensor | None:
-        """[num_tasks, episodes_per_task]: whether each episode since `reset` reported success
-        (`info["success"]`, as Meta-World does), or None when the env reports no success."""
-        return None
-
-    def close(self) -> None:
-        """Release resources (nothing by default)."""
-
-
-def check_spaces(observation_space: gym.Space, action_space: gym.Space, where: str) -> None:
-    """Raise a PluginError unless both spaces are Box or Discrete."""
-    for role, space in (("observation", observation_space), ("action", action_space)):
-        if not isinstance(space, (gym.spaces.Box, gym.spaces.Discrete)):
-            raise PluginError(f"{where}: unsupported {role} space {space!r}; metarl supports Box and Discrete")
-
-
-def space_signature(space: gym.Space) -> tuple:
-    """What a policy depends on in a Box or Discrete space: its kind and shape (Box bounds may differ)."""
-    return (type(space).__name__, int(space.n)) if isinstance(space, gym.spaces.Discrete) else ("Box", space.shape)
+from metarl.tasks import TaskDistribution, VectorTaskEnv, check_spaces
 
 
 def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:

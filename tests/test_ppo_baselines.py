@@ -11,7 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from metarl.comparison import (
+from metarl.algos.held_out import TEST_STREAM, evaluate_adaptation, held_out_rng
+from metarl.config import build_config
+from metarl.errors import MetarlError
+from metarl.evaluation import write_evaluation
+from metarl.ppo_baselines import (
     TaskResamplingEnv,
     evaluate_baselines,
     format_baselines,
@@ -23,9 +27,6 @@ from metarl.comparison import (
     sb3_policy_kwargs,
     steps_to_reach,
 )
-from metarl.config import build_config
-from metarl.errors import MetarlError
-from metarl.evaluation import TEST_STREAM, evaluate_adaptation, held_out_rng, write_evaluation
 from metarl.trainer import Trainer
 from metarl_envs.navigation import Navigation2D
 

@@ -21,9 +21,9 @@ import gymnasium as gym
 import numpy as np
 from torch import nn
 
+from metarl.algos.held_out import AdaptationResult, evaluate_adaptation, held_out_rng
 from metarl.checkpoint import atomic_write
 from metarl.errors import MetarlError
-from metarl.evaluation import AdaptationResult, evaluate_adaptation, held_out_rng
 from metarl.export import from_sb3_ppo, sb3_policy_kwargs
 from metarl.tasks import TaskDistribution
 
@@ -240,7 +240,7 @@ def evaluate_baselines(
     if not json_path.is_file():
         raise MetarlError(f"{str(json_path)!r} is missing: baselines are added to an evaluation")
     config, family, policy = trainer.config, trainer.family, trainer.policy
-    horizon = config.horizon or family.max_episode_steps
+    horizon = config.horizon_for(family)
     inner_steps = result.returns.shape[1] - 1
     title = f"{config.env}: adaptation on held-out tasks"
     document: dict[str, Any] = {}
