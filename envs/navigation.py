@@ -18,27 +18,58 @@ from metarl.tasks import TaskDistribution, VectorTaskEnv
 GOAL_LOW, GOAL_HIGH = -0.5, 0.5
 MAX_ACTION = 0.1
 SUCCESS_RADIUS = 0.01
+RENDER_LIMIT = 1.0  # half-width of the rendered square: the goals' box and room around it
 
 
 class Navigation2DEnv(gym.Env):
-    """One navigation task as a Gymnasium env (`metarl/Navigation2D-v0`, task as keyword)."""
+    """One navigation task as a Gymnasium env (`metarl/Navigation2D-v0`, task as keyword).
 
-    metadata = {"render_modes": []}
+    With `render_mode="rgb_array"`, `render()` draws the path since the reset and the goal (a star)
+    on a `render_size`-pixel square spanning [−1, 1]².
+    """
 
-    def __init__(self, task: dict[str, Any] | None = None) -> None:
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(
+        self, task: dict[str, Any] | None = None, render_mode: str | None = None, render_size: int = 200
+    ) -> None:
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
         self.action_space = gym.spaces.Box(-MAX_ACTION, MAX_ACTION, shape=(2,), dtype=np.float32)
         self.goal = np.asarray((task or {"goal": [0.0, 0.0]})["goal"], dtype=np.float32)
+        self.render_mode, self.render_size = render_mode, render_size
         self._position = np.zeros(2, dtype=np.float32)
+        self._path = [self._position.copy()]
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
         self._position = np.zeros(2, dtype=np.float32)
+        self._path = [self._position.copy()]
         return self._position.copy(), {"goal": self.goal.copy()}
+
+    def render(self) -> np.ndarray | None:
+        if self.render_mode != "rgb_array":
+            return None
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        inches = self.render_size / 100
+        fig = Figure(figsize=(inches, inches), dpi=100)
+        canvas = FigureCanvasAgg(fig)
+        ax = fig.add_axes((0, 0, 1, 1))
+        ax.set(xlim=(-RENDER_LIMIT, RENDER_LIMIT), ylim=(-RENDER_LIMIT, RENDER_LIMIT), xticks=[], yticks=[])
+        ax.set_aspect("equal")
+        path = np.stack(self._path)
+        ax.plot(*self.goal, marker="*", color="C3", markersize=14)
+        ax.plot(0, 0, marker="+", color="k")
+        ax.plot(path[:, 0], path[:, 1], color="C0")
+        ax.plot(*path[-1], marker="o", color="C0", markersize=4)
+        canvas.draw()
+        return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
         action = np.clip(np.asarray(action, dtype=np.float32), -MAX_ACTION, MAX_ACTION)
         self._position = (self._position + action).astype(np.float32)
+        self._path.append(self._position.copy())
         offset = self._position - self.goal
         reward = -float(np.sqrt((offset**2).sum()))
         terminated = bool(np.all(np.abs(offset) < SUCCESS_RADIUS))
@@ -79,6 +110,9 @@ class Navigation2D(TaskDistribution):
 
     def make_env(self, task: dict[str, Any]) -> gym.Env:
         return Navigation2DEnv(task)
+
+    def video_env(self, task: dict[str, Any], size: int) -> gym.Env:
+        return Navigation2DEnv(task, render_mode="rgb_array", render_size=size)
 
     def make_vector_env(
         self, tasks: list[dict[str, Any]], episodes_per_task: int, device: torch.device

@@ -22,9 +22,9 @@ from metarl import distributed, registry
 from metarl.config import Config
 from metarl.errors import ConfigError, PluginError, UnknownNameError
 from metarl.hyperparameters import component_keys, resolve_kwargs
-from metarl.policies.mlp import default_policy_name, observation_dim
+from metarl.policies.mlp import default_policy_name
 from metarl.regularizers.base import Regularizer
-from metarl.tasks import TaskDistribution, check_spaces
+from metarl.tasks import TaskDistribution, check_spaces, observation_dim
 
 
 def construct(cls: type, what: str, *args: Any, **kwargs: Any) -> Any:

@@ -6,6 +6,7 @@ Checkpoints hold only tensors and plain Python values, so they load with
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 import tempfile
@@ -40,6 +41,15 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    """A CSV file of `header` and `rows`, written atomically."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_write(path, buffer.getvalue().encode())
 
 
 def checkpoint_path(run_dir: Path, iteration: int) -> Path:

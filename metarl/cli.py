@@ -156,17 +156,21 @@ def _resolve_config(args: argparse.Namespace) -> Config:
 def _progress(total: int, start: int, enabled: bool):
     from tqdm import tqdm
 
+    from metarl.metrics import ENV_STEPS_PER_S, NON_FINITE, RETURN_AFTER, RETURN_BEFORE
+
     bar = tqdm(total=total, initial=start, disable=not enabled, unit="it", dynamic_ncols=True)
 
     def update(iteration: int, metrics: dict[str, float]) -> None:
-        accepted = "ok" if metrics["train/line_search_accepted"] else "rejected"
-        bar.set_postfix(
-            before=f"{metrics['return/before_adaptation']:.2f}",
-            after=f"{metrics['return/after_adaptation']:.2f}",
-            steps_s=f"{metrics['perf/env_steps_per_s']:.0f}",
-            step=accepted,
-            refresh=False,
-        )
+        shown = {
+            "before": f"{metrics[RETURN_BEFORE]:.2f}",
+            "after": f"{metrics[RETURN_AFTER]:.2f}",
+            "steps_s": f"{metrics[ENV_STEPS_PER_S]:.0f}",
+        }
+        if metrics.get(NON_FINITE):
+            shown["step"] = "refused (non-finite)"
+        elif "train/line_search_accepted" in metrics:
+            shown["step"] = "ok" if metrics["train/line_search_accepted"] else "rejected"
+        bar.set_postfix(shown, refresh=False)
         bar.update(1)
 
     return bar, update
@@ -196,6 +200,7 @@ def _stop_on_signals(trainer: Trainer) -> Iterator[list[int]]:
 
 def _train(args: argparse.Namespace) -> int:
     from metarl import distributed
+    from metarl.metrics import RETURN_AFTER, RETURN_BEFORE
     from metarl.trainer import Trainer, resume_trainer
 
     if args.nproc is not None and args.nproc > 1 and not distributed.launched():
@@ -230,8 +235,8 @@ def _train(args: argparse.Namespace) -> int:
     if history and reporting:
         last = history[-1]
         print(
-            f"iteration {trainer.iteration}: return before adaptation {last['return/before_adaptation']:.2f}, "
-            f"after adaptation {last['return/after_adaptation']:.2f}; logs in {trainer.run_dir}"
+            f"iteration {trainer.iteration}: return before adaptation {last[RETURN_BEFORE]:.2f}, "
+            f"after adaptation {last[RETURN_AFTER]:.2f}; logs in {trainer.run_dir}"
         )
     return 0
 
@@ -301,10 +306,11 @@ def _adapt(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
+    from metarl.logging import PROGRESS_FILE
     from metarl.plotting import plot_training_curves
 
     for run_dir in args.run_dirs:
-        if not (run_dir / "progress.csv").is_file():
+        if not (run_dir / PROGRESS_FILE).is_file():
             raise MetarlError(f"{str(run_dir)!r} is not a metarl run directory with progress (no progress.csv)")
     out = args.out or args.run_dirs[0] / "training_curves.png"
     plot_training_curves(args.run_dirs, out)

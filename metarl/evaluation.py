@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from metarl.algos.held_out import TEST_STREAM, AdaptationResult, held_out_rng
-from metarl.checkpoint import atomic_write
+from metarl.checkpoint import atomic_write, write_csv
 
 if TYPE_CHECKING:
     from metarl.trainer import Trainer
@@ -33,15 +33,13 @@ def write_evaluation(run_dir: Path, result: AdaptationResult, meta: dict[str, An
     num_tasks = result.returns.shape[0]
     summary_keys = list(rows[0])
     header = [*summary_keys, *(f"task_{i}" for i in range(num_tasks))]
-    lines = [",".join(header)]
-    for row, column in zip(rows, result.returns.T):
-        lines.append(",".join(str(v) for v in [*(row[k] for k in summary_keys), *column.tolist()]))
+    table = [[*(row[k] for k in summary_keys), *column.tolist()] for row, column in zip(rows, result.returns.T)]
     csv_path, json_path, png_path = (
         run_dir / "evaluation.csv",
         run_dir / "evaluation.json",
         run_dir / "adaptation_curve.png",
     )
-    atomic_write(csv_path, ("\n".join(lines) + "\n").encode())
+    write_csv(csv_path, header, table)
     document = {**meta, "summary": rows, "returns": result.returns.tolist(), "tasks": result.tasks}
     if result.success is not None:
         document["success"] = result.success.tolist()

@@ -105,12 +105,15 @@ class Key:
 
 
 def declared(cls: type) -> dict[str, Hyperparameter]:
-    """The hyperparameters `cls` declares or inherits (a subclass's declaration wins)."""
+    """The hyperparameters `cls` declares or inherits (a subclass's declaration wins; a subclass that
+    sets an inherited key's attribute to None drops it)."""
     found: dict[str, Hyperparameter] = {}
     for klass in reversed(cls.__mro__):
         for name, value in vars(klass).items():
             if isinstance(value, Hyperparameter):
                 found[name] = value
+            elif value is None and name in found:  # `key = None` in a subclass drops an inherited key
+                del found[name]
     return found
 
 

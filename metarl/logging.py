@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import math
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
-from metarl.checkpoint import atomic_write
+from metarl.checkpoint import write_csv
 
 PROGRESS_FILE = "progress.csv"
 
@@ -49,11 +48,9 @@ class RunLogger:
         with self._csv_path.open(newline="") as f:
             rows = list(csv.reader(f))
         self._columns = rows[0] if rows else None
-        kept = rows[:1] + [row for row in rows[1:] if row and row[0].isdigit() and int(row[0]) <= done]
-        if len(kept) < len(rows):
-            text = io.StringIO()
-            csv.writer(text).writerows(kept)
-            atomic_write(self._csv_path, text.getvalue().encode())
+        kept = [row for row in rows[1:] if row and row[0].isdigit() and int(row[0]) <= done]
+        if self._columns is not None and len(kept) < len(rows) - 1:
+            write_csv(self._csv_path, self._columns, kept)
 
     def log(self, iteration: int, metrics: dict[str, float]) -> None:
         """Record `metrics` at step `iteration` as one CSV row, and in TensorBoard unless NaN (not measured)."""

@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 
 from metarl.checkpoint import atomic_write
+from metarl.metrics import ENV_STEPS, RETURN_AFTER, RETURN_BEFORE
 
 
 def new_figure():
@@ -58,10 +59,10 @@ def plot_training_curves(run_dirs: list[Path], path: Path) -> None:
     for run_dir in run_dirs:
         progress = read_progress(run_dir)
         env_steps, total = [], 0.0
-        for steps in progress["perf/env_steps"]:
+        for steps in progress[ENV_STEPS]:
             total += steps
             env_steps.append(total)
-        for key, style in (("return/before_adaptation", "--"), ("return/after_adaptation", "-")):
+        for key, style in ((RETURN_BEFORE, "--"), (RETURN_AFTER, "-")):
             label = f"{run_dir.name} {key.split('/')[1].replace('_', ' ')}"
             line = by_iteration.plot(progress["iteration"], progress[key], style, label=label)[0]
             by_steps.plot(env_steps, progress[key], style, color=line.get_color())

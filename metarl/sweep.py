@@ -9,8 +9,6 @@ in the choice.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import math
 import os
@@ -204,13 +202,12 @@ def train_runs(args: argparse.Namespace, runs: list[SweepRun], jobs: int) -> Non
 
 def load_final(run: SweepRun) -> Trainer:
     """The trainer of a finished run with its last checkpoint loaded."""
-    from metarl.checkpoint import load_checkpoint, select_checkpoint
-    from metarl.trainer import trainer_from_run
+    from metarl.trainer import Trainer
 
     run_dirs = [d for d in run.logdir.iterdir() if d.is_dir()]
     if len(run_dirs) != 1:
         raise MetarlError(f"run {run.label}: expected one run directory in {str(run.logdir)!r}, found {len(run_dirs)}")
-    return trainer_from_run(run_dirs[0], load_checkpoint(select_checkpoint(run_dirs[0], "last")))
+    return Trainer.from_run(run_dirs[0], "last")
 
 
 def adaptation_returns(trainer: Trainer, tasks: list[dict[str, Any]], seed: int) -> AdaptationResult:
@@ -221,14 +218,6 @@ def adaptation_returns(trainer: Trainer, tasks: list[dict[str, Any]], seed: int)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return trainer.evaluate(tasks, c.num_inner_steps, c.fast_batch_size, seed)
-
-
-def _csv(header: list[str], rows: list[list[Any]]) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue().encode()
 
 
 def plot_validation(
@@ -293,7 +282,7 @@ def _print_validation(validation: Validation, num_tasks: int) -> None:
 
 def run_sweep(args: argparse.Namespace) -> int:
     """`metarl sweep`: train, validate, choose β, test; every output goes into a new sweep directory."""
-    from metarl.checkpoint import atomic_write
+    from metarl.checkpoint import atomic_write, write_csv
 
     weights, seeds, jobs = _check_args(args)
     sweep_dir = _new_sweep_dir(args.logdir, args.env, args.regularizer)
@@ -305,13 +294,13 @@ def run_sweep(args: argparse.Namespace) -> int:
 
     validation = validate(trainers, weights, seeds)
     chosen = validation.chosen
-    atomic_write(sweep_dir / "validation.csv", _csv(*validation.table()))
+    write_csv(sweep_dir / "validation.csv", *validation.table())
     title = f"{args.env}: {args.regularizer}, {num_tasks} validation tasks"
     plot_validation(weights, validation.means, validation.stds, chosen, title, sweep_dir / "validation.png")
     _print_validation(validation, num_tasks)
 
     tested = evaluate_test({run: t for run, t in trainers.items() if run.weight == chosen}, seeds[0])
-    atomic_write(sweep_dir / "test.csv", _csv(list(tested[0]), [list(row.values()) for row in tested]))
+    write_csv(sweep_dir / "test.csv", list(tested[0]), [list(row.values()) for row in tested])
     test_mean = sum(row["return_after_adaptation"] for row in tested) / len(tested)
     summary = {
         "env": args.env,

@@ -7,11 +7,11 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
+import numpy as np
 
 from metarl.errors import PluginError
 
 if TYPE_CHECKING:
-    import numpy as np
     import torch
 
 
@@ -43,6 +43,11 @@ class TaskDistribution:
         """Optional batched fast path for all tasks at once; None means use `make_env` per episode."""
         return None
 
+    def video_env(self, task: dict[str, Any], size: int) -> gym.Env | None:
+        """Optional: an env of `task` whose `render()` returns `size`×`size` RGB frames, for
+        `metarl evaluate --video`; None (the default) means the family cannot be rendered."""
+        return None
+
     @classmethod
     def reference_config(cls) -> dict[str, Any]:
         """The family's shipped hyperparameters (empty when it ships none)."""
@@ -54,6 +59,15 @@ class TaskDistribution:
         package = package or cls.__module__.rpartition(".")[0] or cls.__module__
         text = resources.files(package).joinpath(path).read_text()
         return yaml.safe_load(text) or {}
+
+
+def observation_dim(space: gym.Space) -> int:
+    """Flat size of an observation as the sampler delivers it (Discrete is one-hot)."""
+    if isinstance(space, gym.spaces.Discrete):
+        return int(space.n)
+    if isinstance(space, gym.spaces.Box):
+        return int(np.prod(space.shape))
+    raise TypeError(f"unsupported observation space {space!r}: metarl supports Box and Discrete")
 
 
 class VectorTaskEnv:

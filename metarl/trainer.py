@@ -15,7 +15,6 @@ import torch
 import yaml
 
 from metarl import __version__, distributed
-from metarl.algos.base import VALIDATION_METRIC
 from metarl.algos.held_out import VALIDATION_STREAM, AdaptationResult, held_out_rng
 from metarl.allocator import keep_freed_memory
 from metarl.build import build_run, make_family, probe_spaces
@@ -29,11 +28,10 @@ from metarl.checkpoint import (
 from metarl.config import Config, build_config, load_yaml
 from metarl.errors import ConfigError, MetarlError
 from metarl.logging import RunLogger
+from metarl.metrics import NON_FINITE, SUMMARY, VALIDATION_RETURN, WALL_TIME_S
 from metarl.tasks import space_signature
 
 CONFIG_FILE = "config.yaml"
-VALIDATION_TAG = VALIDATION_METRIC
-SUMMARY_TAGS = ["return/before_adaptation", "return/after_adaptation", VALIDATION_TAG]
 
 
 def seed_rank(seed: int, iteration: int) -> None:
@@ -196,7 +194,7 @@ class Trainer:
         run with a MetarlError. Across processes, θ starts from rank 0's, and a stop asked of any
         rank stops all of them after the iteration.
         """
-        logger = RunLogger(self.run_dir, self.config.to_dict(), SUMMARY_TAGS, self.iteration) if self.run_dir else None
+        logger = RunLogger(self.run_dir, self.config.to_dict(), SUMMARY, self.iteration) if self.run_dir else None
         history, start, refused_in_a_row = [], time.perf_counter(), 0
         distributed.broadcast_module(self.policy)
         try:
@@ -204,15 +202,15 @@ class Trainer:
                 seed_rank(self.config.seed, self.iteration)
                 metrics = self.learner.step(self.rng)
                 self.iteration += 1
-                metrics["perf/wall_time_s"] = time.perf_counter() - start
-                refused_in_a_row = refused_in_a_row + 1 if metrics["train/non_finite"] else 0
+                metrics[WALL_TIME_S] = time.perf_counter() - start
+                refused_in_a_row = refused_in_a_row + 1 if metrics[NON_FINITE] else 0
                 every = self.config.eval_every
                 validated = distributed.is_main() and bool(every) and self.iteration % every == 0
-                metrics[VALIDATION_TAG] = self.validate() if validated else math.nan
+                metrics[VALIDATION_RETURN] = self.validate() if validated else math.nan
                 self.learner.end_iteration(metrics)
-                improved = validated and metrics[VALIDATION_TAG] > self.best_validation
+                improved = validated and metrics[VALIDATION_RETURN] > self.best_validation
                 if improved:
-                    self.best_validation = metrics[VALIDATION_TAG]
+                    self.best_validation = metrics[VALIDATION_RETURN]
                 history.append(metrics)
                 if logger is not None:
                     logger.log(self.iteration, metrics)

@@ -2,8 +2,9 @@
 steps, side by side (a row per task), as an animated GIF.
 
 Actions are the policy's mode (mean or most likely action), so the video shows what each parameter
-set does rather than sampling noise. Navigation is drawn with matplotlib; MuJoCo families render
-offscreen through their Gymnasium v5 env (`MUJOCO_GL`, EGL unless set).
+set does rather than sampling noise. Frames come from the env that the family's `video_env` hook builds
+(navigation-2d draws with matplotlib; the MuJoCo families render offscreen through their Gymnasium v5
+env, `MUJOCO_GL`, EGL unless set).
 """
 
 from __future__ import annotations
@@ -57,76 +58,26 @@ def _rollout(env: gym.Env, policy: nn.Module, params: Params, horizon: int, seed
     return captured
 
 
-def _navigation_frames(positions: np.ndarray, goal: np.ndarray, limit: float) -> Frames:
-    """The trajectory drawn up to each step, the goal as a star."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(PANEL / 100, PANEL / 100), dpi=100)
-    canvas = FigureCanvasAgg(fig)
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.set(xlim=(-limit, limit), ylim=(-limit, limit), xticks=[], yticks=[], aspect="equal")
-    ax.plot(*goal, marker="*", color="C3", markersize=14)
-    ax.plot(0, 0, marker="+", color="k")
-    (path,) = ax.plot([], [], color="C0")
-    (head,) = ax.plot([], [], marker="o", color="C0", markersize=4)
-    frames = []
-    for t in range(len(positions)):
-        path.set_data(positions[: t + 1, 0], positions[: t + 1, 1])
-        head.set_data(positions[t : t + 1, 0], positions[t : t + 1, 1])
-        canvas.draw()
-        frames.append(np.asarray(canvas.buffer_rgba())[..., :3].copy())
-    return frames
-
-
-def _navigation_pair(
-    family: TaskDistribution, task: dict[str, Any], episode: Episode, params: tuple[Params, Params]
-) -> tuple[Frames, Frames]:
-    from metarl_envs.navigation import GOAL_HIGH
-
-    before, after = (np.stack(episode(family.make_env(task), p, lambda env, obs: obs.copy())) for p in params)
-    # One scale for both panels, wide enough for the goal square and both trajectories.
-    limit = max(GOAL_HIGH, np.abs(before).max(), np.abs(after).max()) + 0.1
-    goal = np.asarray(task["goal"])
-    return _navigation_frames(before, goal, limit), _navigation_frames(after, goal, limit)
-
-
-def _mujoco_render(env: gym.Env, obs: Any) -> np.ndarray:
+def _render(env: gym.Env, obs: Any) -> np.ndarray:
     try:
         return env.render()
     except Exception as exc:  # mujoco and PyOpenGL raise many types when no GL context can be made
         raise MetarlError(
-            f"MuJoCo offscreen rendering failed with MUJOCO_GL={os.environ.get('MUJOCO_GL')}: "
-            f"{type(exc).__name__}: {exc}. --video needs headless OpenGL: install EGL (libegl1) or OSMesa "
-            "(libosmesa6) and set MUJOCO_GL=egl or MUJOCO_GL=osmesa"
+            f"offscreen rendering failed with MUJOCO_GL={os.environ.get('MUJOCO_GL')}: "
+            f"{type(exc).__name__}: {exc}. --video needs headless OpenGL for MuJoCo: install EGL (libegl1) or "
+            "OSMesa (libosmesa6) and set MUJOCO_GL=egl or MUJOCO_GL=osmesa"
         ) from None
 
 
-def _mujoco_pair(
-    family: TaskDistribution, task: dict[str, Any], episode: Episode, params: tuple[Params, Params]
-) -> tuple[Frames, Frames]:
-    os.environ.setdefault("MUJOCO_GL", "egl")  # read when the first renderer is created
-    pair = []
-    for p in params:
-        env = family.env_class(task=task, render_mode="rgb_array", width=PANEL, height=PANEL, **family.env_kwargs)
-        try:
-            pair.append(episode(env, p, _mujoco_render))
-        finally:
-            env.close()
-    return pair[0], pair[1]
-
-
-def _pair_maker(family: TaskDistribution) -> Callable[..., tuple[Frames, Frames]]:
-    from metarl_envs.mujoco.base import MujocoFamily
-    from metarl_envs.navigation import Navigation2D
-
-    if isinstance(family, Navigation2D):
-        return _navigation_pair
-    if isinstance(family, MujocoFamily):
-        return _mujoco_pair
-    raise MetarlError(
-        f"--video cannot render task family {type(family).__name__}: it supports navigation-2d and the MuJoCo families"
-    )
+def _episode_frames(family: TaskDistribution, task: dict[str, Any], episode: Episode, params: Params) -> Frames:
+    """One episode's frames, rendered by the env the family's `video_env` hook builds."""
+    env = family.video_env(task, PANEL)
+    if env is None:
+        raise MetarlError(f"--video cannot render task family {type(family).__name__}: its `video_env` returned None")
+    try:
+        return episode(env, params, _render)
+    finally:
+        env.close()
 
 
 def _label_row(labels: list[str]) -> np.ndarray:
@@ -176,7 +127,11 @@ def write_adaptation_video(
     """The GIF at `path` for the first `num_tasks` tasks of `result`: before adaptation (the policy's
     own parameters) and after its K steps (`result.adapted_params`). With a `writer`, its last frame is
     logged to TensorBoard as an image (`add_video` would need moviepy)."""
-    make_pair = _pair_maker(family)
+    if type(family).video_env is TaskDistribution.video_env:
+        raise MetarlError(
+            f"--video cannot render task family {type(family).__name__}: it has no `video_env` "
+            "(navigation-2d and the MuJoCo families have one)"
+        )
     initial = detach(dict(policy.named_parameters()))
 
     def episode(env: gym.Env, params: Params, capture: Capture) -> list:
@@ -184,7 +139,7 @@ def write_adaptation_video(
 
     tasks = result.tasks[:num_tasks]
     pairs = [
-        make_pair(family, task, episode, (initial, adapted))
+        (_episode_frames(family, task, episode, initial), _episode_frames(family, task, episode, adapted))
         for task, adapted in zip(tasks, unstack(result.adapted_params))
     ]
     inner_steps = result.returns.shape[1] - 1

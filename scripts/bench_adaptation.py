@@ -22,13 +22,14 @@ import gymnasium as gym
 import torch
 from torch.func import functional_call
 
+from metarl.algos.base import SampledBatch
 from metarl.algos.curvature import autograd_hessian
-from metarl.algos.maml_trpo import MAMLTRPO, MetaBatch
+from metarl.algos.maml_trpo import MAMLTRPO
 from metarl.algos.trpo import flatten, natural_step, unflatten
 from metarl.allocator import keep_freed_memory
 from metarl.config import Config
 from metarl.policies import GaussianMLP
-from metarl.policies.batched import Params, detach, log_probs
+from metarl.policies.batched import Params, detach
 from metarl.sampling.episodes import Episodes, masked_mean
 from metarl_envs.navigation import Navigation2D
 
@@ -70,8 +71,7 @@ def batched(policy: GaussianMLP, config: Config, train: Episodes, valid: Episode
     params = dict(policy.named_parameters())
     start = time.perf_counter()
     adaptation = learner.adapt(params, train, first_order=False)
-    old = detach(adaptation.params)
-    batch = MetaBatch(train, valid, old, log_probs(policy, old, valid.observations, valid.actions))
+    batch = SampledBatch.of(policy, train, valid, adaptation, len(train))
     _sync(train.rewards.device)
     adapted = time.perf_counter()
     metrics = learner._trpo_update(params, adaptation, batch)

@@ -15,9 +15,9 @@ import torch.multiprocessing as mp
 from conftest import episodes_like, small_batch
 
 from metarl import distributed
-from metarl.algos.maml_trpo import MAMLTRPO, MetaBatch
+from metarl.algos.base import SampledBatch
+from metarl.algos.maml_trpo import MAMLTRPO
 from metarl.config import Config
-from metarl.policies.batched import detach, log_probs
 from metarl.regularizers import L2Anchor
 
 NUM_TASKS = 4
@@ -37,8 +37,7 @@ def _one_update(part: slice) -> tuple[dict[str, torch.Tensor], dict[str, float]]
     )
     params = dict(policy.named_parameters())
     adaptation = learner.adapt(params, train, first_order=False)
-    old = detach(adaptation.params)
-    batch = MetaBatch(train, train, old, log_probs(policy, old, train.observations, train.actions))
+    batch = SampledBatch.of(policy, train, train, adaptation, NUM_TASKS)
     metrics = learner._trpo_update(params, adaptation, batch)
     return {n: p.detach().clone() for n, p in params.items()}, metrics
 

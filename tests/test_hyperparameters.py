@@ -229,13 +229,16 @@ def test_run_directory_of_metarl_010_resumes_and_evaluates(tmp_path, algo):
     assert (out / "evaluation.json").is_file() and not (run / "evaluation.json").exists()
 
 
-def test_same_seed_gives_the_returns_metarl_010_logged():
-    """The redesign changed no number: the committed 0.1.0 run's first iterations, recomputed."""
-    old = OLD_RUNS / "navigation-2d-maml-trpo"
+@pytest.mark.parametrize(
+    "algo,keys", [("maml-trpo", ["train/kl", "train/surrogate_after"]), ("promp", ["train/inner_kl_coef"])]
+)
+def test_same_seed_gives_the_returns_metarl_010_logged(algo, keys):
+    """The redesign changed no number: the committed 0.1.0 runs' first iterations, recomputed."""
+    old = OLD_RUNS / f"navigation-2d-{algo}"
     config = build_config(yaml.safe_load((old / "config.yaml").read_text()), {"eval_every": 0}, lenient=[True, False])
     history = Trainer(config).train(4)
     for metrics, row in zip(history, _rows(old)):
-        for key in ("return/before_adaptation", "return/after_adaptation", "train/kl"):
+        for key in ("return/before_adaptation", "return/after_adaptation", "train/loss_before", *keys):
             assert metrics[key] == pytest.approx(float(row[key]), rel=1e-5, abs=1e-7), key
 
 

@@ -8,7 +8,10 @@ import pytest
 import torch
 
 from metarl import registry
+from metarl.config import build_config
+from metarl.errors import ConfigError
 from metarl.sampling.vector_env import GymVectorTaskEnv
+from metarl.trainer import Trainer
 from metarl_envs.mujoco import vector
 from metarl_envs.mujoco.random_params import SCALE_BASES
 
@@ -20,7 +23,13 @@ CPU = torch.device("cpu")
 
 # ant-dir with a narrow healthy z range and hopper-params both end some episodes early.
 @pytest.mark.parametrize(
-    "name,kwargs", [("halfcheetah-vel", {}), ("ant-dir", {"healthy_z_range": (0.45, 1.0)}), ("hopper-params", {})]
+    "name,kwargs",
+    [
+        ("halfcheetah-vel", {}),
+        ("halfcheetah-dir", {"action_scale": 10}),
+        ("ant-dir", {"healthy_z_range": (0.45, 1.0)}),
+        ("hopper-params", {}),
+    ],
 )
 @pytest.mark.parametrize("stepper", ["rollout", "python"])
 def test_batched_path_equals_make_env_step_for_step(name, kwargs, stepper, monkeypatch):
@@ -32,7 +41,8 @@ def test_batched_path_equals_make_env_step_for_step(name, kwargs, stepper, monke
     assert isinstance(fast, vector.MujocoVectorEnv)
     slow = GymVectorTaskEnv(family, tasks, 2, CPU)
     generator = torch.Generator().manual_seed(0)
-    actions = [torch.rand(2, 2, *fast.action_space.shape, generator=generator) * 2.4 - 1.2 for _ in range(40)]
+    scale = kwargs.get("action_scale", 1)
+    actions = [scale * (torch.rand(2, 2, *fast.action_space.shape, generator=generator) * 2.4 - 1.2) for _ in range(40)]
     assert torch.equal(fast.reset(3), slow.reset(3))
     running = torch.ones(2, 2, dtype=torch.bool)  # the generic path stops stepping finished episodes
     for action in actions:
@@ -41,7 +51,7 @@ def test_batched_path_equals_make_env_step_for_step(name, kwargs, stepper, monke
         assert torch.allclose(fr[running], sr[running], rtol=1e-6, atol=1e-6)
         assert torch.equal(fd[running], sd[running])
         running &= ~sd
-    if name != "halfcheetah-vel":
+    if name not in ("halfcheetah-vel", "halfcheetah-dir"):
         assert not running.all(), "an episode should have terminated"
     # Bit for bit in float64 too, which float32 observations of 40 steps would not reveal.
     qpos = np.stack([env.unwrapped.data.qpos for env in slow.envs])
@@ -57,6 +67,20 @@ def test_halfcheetah_vel_reward_is_the_documented_one():
     velocity = (env.unwrapped.data.qpos[0] - x_before) / env.unwrapped.dt
     assert reward == pytest.approx(-abs(velocity - 1.5) - 0.05 * 6 * 0.25)
     assert not terminated
+
+
+def test_action_scale_divides_the_policy_action_before_the_actuators():
+    """ProMP's and pytorch-maml-rl's normalisation: policy ±10 is actuator ±1, the cost on the control."""
+    scaled = registry.envs.load("halfcheetah-dir")(action_scale=10).make_env({"direction": -1})
+    plain = registry.envs.load("halfcheetah-dir")().make_env({"direction": -1})
+    assert np.array_equal(scaled.action_space.high, 10 * plain.action_space.high)
+    scaled.reset(seed=0), plain.reset(seed=0)
+    for action in (np.full(6, 5.0, dtype=np.float32), np.full(6, 30.0, dtype=np.float32)):
+        obs_s, reward_s, *_ = scaled.step(action)
+        obs_p, reward_p, *_ = plain.step(np.clip(action / 10, -1, 1))
+        assert np.array_equal(obs_s, obs_p) and reward_s == reward_p
+    with pytest.raises(ConfigError, match="action_scale must be a positive number"):
+        Trainer(build_config({"env": "halfcheetah-dir", "env_kwargs": {"action_scale": 0}, "iterations": 1}))
 
 
 def test_ant_goal_reward_is_the_documented_one():

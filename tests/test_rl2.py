@@ -107,7 +107,7 @@ def test_short_run_has_finite_metrics(trained):
             "perf/outer_step_s",
         ):
             assert math.isfinite(metrics[key]), key
-        assert metrics["train/line_search_accepted"] == 1.0 and metrics["train/non_finite"] == 0.0
+        assert "train/line_search_accepted" not in metrics and metrics["train/non_finite"] == 0.0
         assert metrics["perf/env_steps"] == SMALL["meta_batch_size"] * EPISODES_PER_TRIAL * SMALL["horizon"]
 
 

@@ -5,11 +5,12 @@ import pytest
 import torch
 from conftest import episodes_like, small_batch
 
+from metarl.algos.base import SampledBatch
 from metarl.algos.curvature import autograd_hessian
-from metarl.algos.maml_trpo import MAMLTRPO, MetaBatch
+from metarl.algos.maml_trpo import MAMLTRPO
 from metarl.algos.trpo import conjugate_gradient, flatten
 from metarl.config import Config
-from metarl.policies.batched import detach, log_probs, policy_kl
+from metarl.policies.batched import policy_kl
 from metarl.sampling.episodes import masked_mean
 
 
@@ -37,8 +38,7 @@ def _batch_for(policy, family, train, lr=0.1):
     params = dict(policy.named_parameters())
     adaptation = learner.adapt(params, train, first_order=False)
     valid = train  # the same states serve as validation data here
-    old = detach(adaptation.params)
-    batch = MetaBatch(train, valid, old, log_probs(policy, old, valid.observations, valid.actions))
+    batch = SampledBatch.of(policy, train, valid, adaptation, len(train))
     return learner, params, adaptation, batch
 
 

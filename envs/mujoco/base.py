@@ -15,6 +15,7 @@ bit for bit. The solver converges to the same accelerations within its tolerance
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import mujoco
 import numpy as np
 import torch
-from gymnasium import utils
+from gymnasium import spaces, utils
 
 from metarl.tasks import TaskDistribution
 
@@ -39,11 +40,20 @@ class TaskMujocoEnv:
     #: v5 constructor arguments that differ from the v5 defaults
     default_kwargs: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, task: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    def __init__(self, task: dict[str, Any] | None = None, action_scale: float = 1.0, **kwargs: Any) -> None:
         self.task = dict(self.default_task if task is None else task)
         with _without_deprecation_warnings():
             super().__init__(**{**self.default_kwargs, **kwargs})
-        utils.EzPickle.__init__(self, task=task, **kwargs)  # the v5 class recorded its own arguments
+        utils.EzPickle.__init__(self, task=task, action_scale=action_scale, **kwargs)  # as the v5 class does
+        #: the actuators' control range; the policy acts in `action_space`, that range times `action_scale`
+        self.control_space = self.action_space
+        self.action_scale = check_action_scale(action_scale)
+        low, high = self.control_space.low, self.control_space.high
+        self.action_space = spaces.Box(low * self.action_scale, high * self.action_scale, dtype=low.dtype)
+
+    def to_control(self, actions: np.ndarray) -> np.ndarray:
+        """Policy actions (rows or one) as actuator controls: divided by `action_scale`, clipped to range."""
+        return np.clip(np.asarray(actions) / self.action_scale, self.control_space.low, self.control_space.high)
 
     def set_task(self, task: dict[str, Any]) -> None:
         """Switch this env to another task of its family (reusing the compiled model)."""
@@ -62,6 +72,7 @@ class TaskMujocoEnv:
         super().do_simulation(ctrl, n_frames)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        action = self.to_control(action)
         qpos_before = self.data.qpos.copy()
         self.do_simulation(action, self.frame_skip)
         healthy = bool(getattr(self, "is_healthy", True))
@@ -72,6 +83,13 @@ class TaskMujocoEnv:
         )
         terminated = not healthy and getattr(self, "_terminate_when_unhealthy", False)
         return self._get_obs(), float(reward), terminated, False, {"x_position": float(self.data.qpos[0])}
+
+
+def check_action_scale(value: Any) -> float:
+    """`action_scale` as a float; a ValueError unless it is a positive finite number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ValueError(f"action_scale must be a positive number, got {value!r}")
+    return float(value)
 
 
 @contextmanager
@@ -105,11 +123,17 @@ class MujocoFamily(TaskDistribution):
     max_episode_steps = 200
 
     def __init__(self, **env_kwargs: Any) -> None:
+        if "action_scale" in env_kwargs:
+            check_action_scale(env_kwargs["action_scale"])
         self.env_kwargs = env_kwargs
         self._pool: list[TaskMujocoEnv] = []
 
     def make_env(self, task: dict[str, Any]) -> TaskMujocoEnv:
         return self.env_class(task=task, **self.env_kwargs)
+
+    def video_env(self, task: dict[str, Any], size: int) -> TaskMujocoEnv:
+        os.environ.setdefault("MUJOCO_GL", "egl")  # read when the first renderer is created
+        return self.env_class(task=task, render_mode="rgb_array", width=size, height=size, **self.env_kwargs)
 
     def make_vector_env(
         self, tasks: list[dict[str, Any]], episodes_per_task: int, device: torch.device

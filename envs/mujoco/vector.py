@@ -135,8 +135,7 @@ class MujocoVectorEnv(VectorTaskEnv):
         return to_device(obs.reshape(self.num_tasks, self.episodes_per_task, -1), self.device)
 
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        space = self.action_space
-        action = np.clip(actions.detach().cpu().numpy().reshape(len(self._state), -1), space.low, space.high)
+        action = self.envs[0].to_control(actions.detach().cpu().numpy().reshape(len(self._state), -1))
         running = np.flatnonzero(~self._done)
         qpos_before = self._state[:, self._qpos].copy()
         self._state[running] = self._step(

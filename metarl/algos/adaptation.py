@@ -19,6 +19,19 @@ def policy_gradient_loss(policy: nn.Module, params: Params, episodes: Episodes) 
     return -masked_mean(logp * episodes.advantages, episodes.mask)
 
 
+def lvc_loss(policy: nn.Module, params: Params, sampling: Params, episodes: Episodes) -> torch.Tensor:
+    """ProMP's low-variance-curvature loss −mean(π(a|s)/π_o(a|s)·A) per task ([T]), π_o the policy with
+    the (stacked) `sampling` parameters that sampled the episodes.
+
+    At `params` = `sampling` its gradient is the policy gradient; its Hessian is E[(∇²log π + ∇log π
+    ∇log πᵀ)·A] per step, without the cross-step terms of the DiCE/MAML estimator (Rothfuss et al. 2019).
+    """
+    with torch.no_grad():
+        old = log_probs(policy, sampling, episodes.observations, episodes.actions)
+    ratio = torch.exp(log_probs(policy, params, episodes.observations, episodes.actions) - old)
+    return -masked_mean(ratio * episodes.advantages, episodes.mask)
+
+
 @dataclass
 class Adaptation:
     """Adapted parameters stacked per task, with what is needed to multiply by Jᵢ = dθᵢ'/dθ.

@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from metarl import distributed
-from metarl.algos.adaptation import Adaptation, adapt
+from metarl import distributed, metrics
+from metarl.algos.adaptation import Adaptation, adapt, inner_loop, lvc_loss, policy_gradient_loss
 from metarl.algos.held_out import AdaptationResult, evaluate_adaptation
 from metarl.algos.trpo import flatten
 from metarl.config import Config
 from metarl.errors import PluginError
-from metarl.hyperparameters import POSITIVE, Hyperparameter, configure
+from metarl.hyperparameters import POSITIVE, Hyperparameter, configure, one_of
 from metarl.policies.batched import Params, detach, log_probs, stack, unstack
 from metarl.regularizers.base import Regularizer, RegularizerContext
 from metarl.sampling.advantages import compute_advantages
@@ -36,22 +36,45 @@ from metarl.sampling.sampler import sample_episodes
 from metarl.sampling.vector_env import make_vector_env
 from metarl.tasks import TaskDistribution
 
-VALIDATION_METRIC = "validation/return_after_adaptation"
+VALIDATION_METRIC = metrics.VALIDATION_RETURN  # the name metarl 0.1.0 plugins import
 
 
 @dataclass
 class SampledBatch:
-    """This rank's part of one sampled meta-batch, with the adaptation the validation episodes used.
+    """This rank's part of one sampled meta-batch, with the adaptation the validation episodes used:
+    what every learner's outer step works on.
 
-    `valid` is None when the train episodes or the inner step were not finite (nothing to update on).
+    `valid` (and the `old_*` fields) are None when the train episodes or the inner step were not
+    finite (nothing to update on).
     """
 
     train: Episodes
     valid: Episodes | None
     adaptation: Adaptation
     total_tasks: int  # tasks on all ranks together
-    sampling_s: float
-    adaptation_s: float
+    sampling_s: float = 0.0
+    adaptation_s: float = 0.0
+    old_adapted: Params | None = None  # θᵢ' that sampled the validation episodes, detached
+    old_log_probs: torch.Tensor | None = None  # their log-probabilities of the validation actions [T, E, H]
+
+    @classmethod
+    def of(
+        cls,
+        policy: nn.Module,
+        train: Episodes,
+        valid: Episodes | None,
+        adaptation: Adaptation,
+        total_tasks: int,
+        sampling_s: float = 0.0,
+        adaptation_s: float = 0.0,
+    ) -> SampledBatch:
+        """The batch, with the sampling policies' log-probabilities of the validation actions."""
+        old_adapted = old_log_probs = None
+        if valid is not None:
+            old_adapted = detach(adaptation.params)
+            with torch.no_grad():
+                old_log_probs = log_probs(policy, old_adapted, valid.observations, valid.actions)
+        return cls(train, valid, adaptation, total_tasks, sampling_s, adaptation_s, old_adapted, old_log_probs)
 
     def task_mean(self, per_task: torch.Tensor) -> torch.Tensor:
         """This rank's share of the mean over the meta-batch of a per-task value ([T] → scalar)."""
@@ -60,6 +83,14 @@ class SampledBatch:
 
 def finite(*tensors: torch.Tensor) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def policy_std(policy: nn.Module) -> float | None:
+    """Mean standard deviation of a policy with a state-independent `log_std` (None for others)."""
+    log_std = getattr(policy, "log_std", None)
+    if not isinstance(log_std, torch.Tensor):
+        return None
+    return log_std.detach().clamp(min=getattr(policy, "min_log_std", -math.inf)).exp().mean().item()
 
 
 class MetaLearner:
@@ -72,6 +103,11 @@ class MetaLearner:
     """
 
     takes_declared_keys_only = True  # **hyperparameters holds only the declared keys
+    inner_loss = Hyperparameter(
+        "log-likelihood",
+        one_of("log-likelihood", "lvc"),
+        "inner-step objective: log-likelihood (MAML's policy gradient) or lvc (ProMP's low-variance curvature)",
+    )
 
     def __init__(
         self,
@@ -89,11 +125,28 @@ class MetaLearner:
         self.regularizers = regularizers or {}
         self.device = torch.device(device)
         self.horizon = config.horizon_for(family)
+        self.sampling_params: Params = {}  # θ that sampled the current batch's train episodes (θo)
+
+    def inner_objective(self, adapted: Params, train: Episodes) -> torch.Tensor:
+        """The inner loss per task ([T]) at stacked parameters `adapted`, as `inner_loss` says.
+
+        The LVC ratio is taken to the policy that sampled `train` (`sampling_params`, θ itself when no
+        batch was sampled), so re-adapting from another θ weighs the episodes by importance.
+        """
+        if self.inner_loss == "lvc":
+            sampling = self.sampling_params or detach(dict(self.policy.named_parameters()))
+            return lvc_loss(self.policy, adapted, stack(sampling, len(train)), train)
+        return policy_gradient_loss(self.policy, adapted, train)
 
     def adapt(self, params: Params, train: Episodes, first_order: bool) -> Adaptation:
-        """The inner loop from θ = `params` for every task of `train` (MAML's policy-gradient step)."""
+        """The inner loop from θ = `params` for every task of `train` (MAML's policy-gradient step, or
+        ProMP's LVC step with `inner_loss: lvc`)."""
         c = self.config
-        return adapt(self.policy, params, train, c.inner_lr, c.num_inner_steps, first_order)
+        if self.inner_loss == "log-likelihood":  # Hessian products in closed form where the policy has one
+            return adapt(self.policy, params, train, c.inner_lr, c.num_inner_steps, first_order)
+        loss = lambda adapted: self.inner_objective(adapted, train)  # noqa: E731
+        adapted, hessians = inner_loop(stack(params, len(train)), loss, c.inner_lr, c.num_inner_steps, first_order)
+        return Adaptation(adapted, hessians, c.inner_lr)
 
     def episodes(self, params: Params, env, seed: int) -> Episodes:
         """Episodes with stacked `params`, with GAE advantages."""
@@ -113,6 +166,7 @@ class MetaLearner:
         offset = part.start * c.fast_batch_size
         env = make_vector_env(self.family, own, c.fast_batch_size, self.device)
         params = dict(self.policy.named_parameters())
+        self.sampling_params = {n: p.detach().clone() for n, p in params.items()}
         valid = None
         try:
             train = self.episodes(stack(detach(params), len(own)), env, train_seed + offset)
@@ -125,9 +179,8 @@ class MetaLearner:
         finally:
             env.close()
         end = time.perf_counter()
-        return SampledBatch(
-            train, valid, adaptation, len(tasks), (sampled - start) + (end - adapted_at), adapted_at - sampled
-        )
+        sampling_s = (sampled - start) + (end - adapted_at)
+        return SampledBatch.of(self.policy, train, valid, adaptation, len(tasks), sampling_s, adapted_at - sampled)
 
     def update(self, batch: SampledBatch) -> dict[str, float]:
         """The outer step on θ from a finite batch; returns metrics (`train/*`)."""
@@ -135,16 +188,15 @@ class MetaLearner:
 
     def refused(self) -> dict[str, float]:
         """Metrics of an iteration whose episodes or inner step were not finite (θ unchanged)."""
-        return {"train/non_finite": 1.0, "train/line_search_accepted": 0.0}
+        return {metrics.NON_FINITE: 1.0}
 
     def step(self, rng: np.random.Generator) -> dict[str, float]:
         """One meta-iteration; θ (the policy's parameters) is updated in place."""
         start = time.perf_counter()
         batch = self.sample(rng)
-        updating = time.perf_counter()
         valid = batch.valid
         ok = distributed.all_ranks(valid is not None and finite(valid.rewards, valid.advantages))
-        metrics = self.update(batch) if ok else self.refused()
+        result = self.update(batch) if ok else self.refused()
         end = time.perf_counter()
         returns_before = batch.train.episode_returns()
         sums = [
@@ -161,21 +213,30 @@ class MetaLearner:
             ]
         before, after, episodes, env_steps, *successes = distributed.sum_over_ranks(sums)
         if reports_success:
-            metrics["success_rate/before_adaptation"] = successes[0] / episodes
-            metrics["success_rate/after_adaptation"] = successes[1] / episodes
-        metrics.update(
-            {
-                "return/before_adaptation": before / episodes,
-                "return/after_adaptation": after / episodes,
-                "perf/env_steps": env_steps,
-                "perf/env_steps_per_s": env_steps / (end - start),
-                "perf/sampling_s": batch.sampling_s,
-                "perf/adaptation_s": batch.adaptation_s,
-                "perf/outer_step_s": end - updating,
-                "perf/iteration_s": end - start,
-            }
-        )
-        return metrics
+            result[metrics.SUCCESS_BEFORE] = successes[0] / episodes
+            result[metrics.SUCCESS_AFTER] = successes[1] / episodes
+        std = policy_std(self.policy)
+        if std is not None:
+            result[metrics.POLICY_STD] = std
+        timings = batch.sampling_s, batch.adaptation_s, end - start
+        return {**result, **metrics.iteration_metrics(before / episodes, after / episodes, env_steps, *timings)}
+
+    def surrogate(self, adapted: Params, batch: SampledBatch, old_log_probs: torch.Tensor) -> torch.Tensor:
+        """Per-task likelihood ratios πθᵢ'/πθᵢ'_old on the validation episodes ([T, E, H])."""
+        valid = batch.valid
+        return torch.exp(log_probs(self.policy, adapted, valid.observations, valid.actions) - old_log_probs)
+
+    def outer_loss(
+        self, params: Params, adaptation: Adaptation, batch: SampledBatch, old_log_probs: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """MAML's outer objective, which the learners share: the surrogate mean(πθᵢ'/πθᵢ'_old · A) on
+        the validation episodes at θᵢ'(θ) (`adaptation.params`), plus weighted regularizers. Returns the
+        loss (key "loss") and its parts, each this rank's share."""
+        ratio = self.surrogate(adaptation.params, batch, old_log_probs)
+        surrogate = -batch.task_mean(masked_mean(ratio * batch.valid.advantages, batch.valid.mask))
+        penalties = self.penalties(params, adaptation.params, batch.train, batch.valid, batch.total_tasks)
+        parts = {f"regularizer/{name}": value for name, value in penalties.items()}
+        return {"loss": self.with_penalties(surrogate, penalties), "train/surrogate": surrogate, **parts}
 
     def penalties(
         self, params: Params, adapted: Params, train: Episodes, valid: Episodes, total_tasks: int
@@ -245,27 +306,10 @@ class GradientMetaLearner(MetaLearner):
         """What the outer step optimises."""
         return list(self.policy.parameters())
 
-    def surrogate(self, adapted: Params, batch: SampledBatch, old_log_probs: torch.Tensor) -> torch.Tensor:
-        """Per-task likelihood ratios πθᵢ'/πθᵢ'_old on the validation episodes ([T, E, H])."""
-        valid = batch.valid
-        return torch.exp(log_probs(self.policy, adapted, valid.observations, valid.actions) - old_log_probs)
-
-    def outer_loss(
-        self, params: Params, adaptation: Adaptation, batch: SampledBatch, old_log_probs: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """The loss (key "loss") and its parts, each this rank's share."""
-        ratio = self.surrogate(adaptation.params, batch, old_log_probs)
-        surrogate = -batch.task_mean(masked_mean(ratio * batch.valid.advantages, batch.valid.mask))
-        penalties = self.penalties(params, adaptation.params, batch.train, batch.valid, batch.total_tasks)
-        parts = {f"regularizer/{name}": value for name, value in penalties.items()}
-        return {"loss": self.with_penalties(surrogate, penalties), "train/surrogate": surrogate, **parts}
-
     def update(self, batch: SampledBatch) -> dict[str, float]:
-        valid = batch.valid
         params = dict(self.policy.named_parameters())
         variables = self.meta_parameters()
-        with torch.no_grad():
-            old_log_probs = log_probs(self.policy, detach(batch.adaptation.params), valid.observations, valid.actions)
+        old_log_probs = batch.old_log_probs
         adaptation, first = batch.adaptation, {}
         for step in range(self.outer_steps):
             if step:
@@ -279,15 +323,15 @@ class GradientMetaLearner(MetaLearner):
                 first = {("train/loss_before" if n == "loss" else n): v for n, v in zip(names, values)}
                 first["train/grad_norm"] = flat.norm().item()
             if not finite(flat):
-                return {**first, "train/non_finite": 1.0, "train/line_search_accepted": float(step > 0)}
+                return {**first, metrics.NON_FINITE: 1.0, "train/outer_steps_taken": float(step)}
             for p, g in zip(variables, flat.split([v.numel() for v in variables])):
                 p.grad = g.view_as(p)
             self.optimizer.step()
             self.after_outer_step(parts)
         return {
             **first,
-            "train/non_finite": 0.0,
-            "train/line_search_accepted": 1.0,
+            metrics.NON_FINITE: 0.0,
+            "train/outer_steps_taken": float(self.outer_steps),
             "train/outer_lr": self.optimizer.param_groups[0]["lr"],
         }
 

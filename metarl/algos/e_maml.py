@@ -5,9 +5,12 @@ that REINFORCE term to MAML's outer objective: for each task, the train episodes
 under θ times the task's post-update return. Here the log-probability is the per-step mean of
 log πθ(a|s) over the task's train episodes and the return is the task's mean validation return,
 standardised over the meta-batch (a baseline; unbiased up to the task's own share of the mean), so
-`exploration_weight` (λ) compares with MAML's normalised-advantage surrogate. Outer step: Adam.
+`exploration_weight` (λ) compares with MAML's normalised-advantage surrogate. `e-maml` takes Adam
+steps (`outer_lr`); `e-maml-trpo` MAML-TRPO's trust-region step on the same objective (the ProMP
+paper's E-MAML baseline), with MAML-TRPO's keys.
 
-Config keys: `inner_lr`, `num_inner_steps`, `first_order`, `outer_lr`, `exploration_weight` (λ, 1.0).
+Keys: `exploration_weight` (λ, 1.0), the outer step's; from the run's config: `inner_lr`,
+`num_inner_steps`, `first_order`.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ import torch
 from metarl import distributed
 from metarl.algos.adaptation import Adaptation
 from metarl.algos.base import GradientMetaLearner, SampledBatch
+from metarl.algos.maml_trpo import MAMLTRPO
 from metarl.hyperparameters import NUMBER, Hyperparameter
 from metarl.policies.batched import Params, log_probs, stack
 from metarl.sampling.episodes import masked_mean
 
 
-class EMAML(GradientMetaLearner):
-    """MAML (Adam outer step) with E-MAML's exploration term weighted by `exploration_weight`."""
+class ExplorationTerm:
+    """E-MAML's exploration term on a meta-learner's outer loss, weighted by `exploration_weight`."""
 
     exploration_weight = Hyperparameter(1.0, NUMBER, "weight λ of the exploration (REINFORCE) term")
 
@@ -41,9 +45,17 @@ class EMAML(GradientMetaLearner):
         self, params: Params, adaptation: Adaptation, batch: SampledBatch, old_log_probs: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         parts = super().outer_loss(params, adaptation, batch, old_log_probs)
-        weight = self.exploration_weight
-        if weight:
+        if self.exploration_weight:
             term = self.exploration(params, batch)
-            parts["loss"] = parts["loss"] + weight * term
+            parts["loss"] = parts["loss"] + self.exploration_weight * term
             parts["train/exploration"] = term
         return parts
+
+
+class EMAML(ExplorationTerm, GradientMetaLearner):
+    """E-MAML with an Adam outer step (`outer_lr`)."""
+
+
+class EMAMLTRPO(ExplorationTerm, MAMLTRPO):
+    """E-MAML with MAML-TRPO's outer step, as the ProMP paper's E-MAML baseline (its
+    run_scripts/e-maml_run_mujoco.py: TRPO, max KL 0.01)."""

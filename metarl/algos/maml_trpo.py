@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -38,37 +38,25 @@ from metarl.hyperparameters import (
     POSITIVE_INT,
     Hyperparameter,
 )
-from metarl.policies.batched import Params, detach, log_probs, policy_kl
-from metarl.sampling.episodes import Episodes, masked_mean, step_weights
+from metarl.policies.batched import Params, detach, policy_kl
+from metarl.sampling.episodes import step_weights
 
 
 @dataclass
 class OuterObjective:
-    """The outer objective at one θ: total loss, its parts, and the mean KL to the sampling policies.
+    """The outer objective at one θ: the learners' shared `outer_loss` parts ("loss", "train/surrogate",
+    "regularizer/NAME", and any a subclass adds), and the mean KL to the sampling policies.
 
     Each value is this rank's share (its tasks' terms over the meta-batch size): summed over ranks,
     the meta-batch's value. In a single process, the value itself.
     """
 
-    loss: torch.Tensor
-    surrogate: torch.Tensor
+    parts: dict[str, torch.Tensor]
     kl: torch.Tensor
-    penalties: dict[str, torch.Tensor]
 
-
-@dataclass
-class MetaBatch:
-    """Everything the outer step needs from the sampled meta-batch (this rank's tasks of it)."""
-
-    train: Episodes
-    valid: Episodes
-    old_adapted: Params  # θᵢ' the validation episodes were sampled with
-    old_log_probs: torch.Tensor
-    total_tasks: int | None = None  # tasks on all ranks together; None: counted (a collective)
-
-    def __post_init__(self) -> None:
-        if self.total_tasks is None:
-            self.total_tasks = int(distributed.sum_over_ranks([len(self.train)])[0])
+    @property
+    def loss(self) -> torch.Tensor:
+        return self.parts["loss"]
 
 
 class MAMLTRPO(MetaLearner):
@@ -83,27 +71,18 @@ class MAMLTRPO(MetaLearner):
     ls_max_steps = Hyperparameter(15, POSITIVE_INT, "backtracking line-search steps")
     ls_backtrack_ratio = Hyperparameter(0.8, OPEN_UNIT_INTERVAL, "step shrink factor per backtracking step")
 
-    def objective(self, params: Params, adapted: Params, batch: MetaBatch) -> OuterObjective:
-        """Surrogate on validation episodes at the adapted parameters, plus weighted regularizers.
+    def objective(self, params: Params, adapted: Params, batch: SampledBatch) -> OuterObjective:
+        """`outer_loss` at θ = `params` with the adapted parameters `adapted`, and the mean KL."""
+        parts = self.outer_loss(params, replace(batch.adaptation, params=adapted), batch, batch.old_log_probs)
+        return OuterObjective(parts, self._mean_kl(adapted, batch))
 
-        A regularizer sees this rank's tasks only and counts with this rank's share of the tasks:
-        exact for a mean over tasks of per-task terms, or a term of θ alone. A term that couples
-        tasks (`consistency` compares each task with the others' states) sees only this rank's.
-        """
-        valid = batch.valid
-        ratio = torch.exp(log_probs(self.policy, adapted, valid.observations, valid.actions) - batch.old_log_probs)
-        surrogate = -masked_mean(ratio * valid.advantages, valid.mask).sum() / batch.total_tasks
-        kl = self._mean_kl(adapted, batch)
-        penalties = self.penalties(params, adapted, batch.train, valid, batch.total_tasks)
-        return OuterObjective(self.with_penalties(surrogate, penalties), surrogate, kl, penalties)
-
-    def _mean_kl(self, adapted: Params, batch: MetaBatch) -> torch.Tensor:
+    def _mean_kl(self, adapted: Params, batch: SampledBatch) -> torch.Tensor:
         """Mean over tasks of the KL from the sampling policies to the policies at `adapted` (this rank's share)."""
         kl = policy_kl(self.policy, batch.old_adapted, adapted, batch.valid.observations)
         return (kl * _kl_weights(batch)).sum()
 
     def _fisher_product(
-        self, params: Params, adaptation: Adaptation, batch: MetaBatch
+        self, params: Params, adaptation: Adaptation, batch: SampledBatch
     ) -> Callable[[torch.Tensor], torch.Tensor]:
         """v ↦ (∇²θ KL + damping·I) v, computed as Σᵢ Jᵢᵀ Fᵢ Jᵢ v + damping·v, the sum over all ranks' tasks.
 
@@ -133,38 +112,35 @@ class MAMLTRPO(MetaLearner):
         pulled = adaptation.vjp(through)
         return flatten([d + pulled[name] for d, name in zip(direct, params)])
 
-    def _subsample(self, params: Params, adaptation: Adaptation, batch: MetaBatch) -> tuple[MetaBatch, Adaptation]:
+    def _subsample(
+        self, params: Params, adaptation: Adaptation, batch: SampledBatch
+    ) -> tuple[SampledBatch, Adaptation]:
         """The first `cg_subsample` of each task's episodes, and the inner step (for Jᵢ) on those."""
         episodes = batch.train.rewards.shape[1]
         keep = max(1, math.ceil(self.cg_subsample * episodes))
         if keep >= episodes:
             return batch, adaptation
         train, valid = batch.train.first_episodes(keep), batch.valid.first_episodes(keep)
-        sub = MetaBatch(train, valid, batch.old_adapted, batch.old_log_probs[:, :keep], batch.total_tasks)
+        sub = replace(batch, train=train, valid=valid, old_log_probs=batch.old_log_probs[:, :keep])
         return sub, self.adapt(params, train, self.config.first_order)
 
-    def update(self, sampled: SampledBatch) -> dict[str, float]:
+    def update(self, batch: SampledBatch) -> dict[str, float]:
         """TRPO step on θ from the sampled meta-batch (θ unchanged if no step is accepted)."""
-        old = detach(sampled.adaptation.params)
-        valid = sampled.valid
-        logp = log_probs(self.policy, old, valid.observations, valid.actions)
-        batch = MetaBatch(sampled.train, valid, old, logp, sampled.total_tasks)
-        return self._trpo_update(dict(self.policy.named_parameters()), sampled.adaptation, batch)
+        return self._trpo_update(dict(self.policy.named_parameters()), batch.adaptation, batch)
 
     def refused(self) -> dict[str, float]:
         refused = {"train/surrogate_before": math.nan, "train/loss_before": math.nan, "train/non_finite": 1.0}
         return _unchanged(refused, 0)
 
-    def _trpo_update(self, params: Params, adaptation: Adaptation, batch: MetaBatch) -> dict[str, float]:
+    def _trpo_update(self, params: Params, adaptation: Adaptation, batch: SampledBatch) -> dict[str, float]:
         adapted = {name: p.detach().requires_grad_() for name, p in adaptation.params.items()}
         before = self.objective(params, adapted, batch)
         grad = distributed.all_reduce_sum(self._gradient(before.loss, params, adapted, adaptation))
-        loss_before, surrogate_before, *penalties = _summed(before.loss, before.surrogate, *before.penalties.values())
-        metrics = {
-            "train/surrogate_before": surrogate_before,
-            "train/loss_before": loss_before,
-            **{f"regularizer/{name}": value for name, value in zip(before.penalties, penalties)},
-        }
+        # "loss" and "train/surrogate" as train/loss_before and train/surrogate_before, the others as named
+        names = {"loss": "train/loss_before", "train/surrogate": "train/surrogate_before"}
+        values = _summed(*before.parts.values())
+        metrics = {names.get(key, key): value for key, value in zip(before.parts, values)}
+        loss_before = metrics["train/loss_before"]
         step = natural_step(grad, self._fisher_product(params, adaptation, batch), self.max_kl, self.cg_iters)
         ok = finite(grad, step)
         metrics["train/non_finite"] = float(not ok)
@@ -178,7 +154,7 @@ class MAMLTRPO(MetaLearner):
             adapted = self.adapt(candidate, batch.train, first_order=True).params
             with torch.no_grad():
                 after = self.objective(candidate, adapted, batch)
-            loss_after, surrogate_after, kl = _summed(after.loss, after.surrogate, after.kl)
+            loss_after, surrogate_after, kl = _summed(after.loss, after.parts["train/surrogate"], after.kl)
             improvement = loss_before - loss_after
             if np.isfinite(improvement) and np.isfinite(kl) and improvement > 0 and kl < self.max_kl:
                 with torch.no_grad():
@@ -199,7 +175,7 @@ class MAMLTRPO(MetaLearner):
         return _unchanged(metrics, attempts)
 
 
-def _kl_weights(batch: MetaBatch) -> torch.Tensor:
+def _kl_weights(batch: SampledBatch) -> torch.Tensor:
     """Each validation step's weight in the mean KL: its task's mean over steps, this rank's share of the
     mean over tasks. The Fisher products are the Hessian of the KL with these same weights."""
     return step_weights(batch.valid.mask) / batch.total_tasks

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from metarl.algos.adaptation import Adaptation, inner_loop, policy_gradient_loss
+from metarl.algos.adaptation import Adaptation, inner_loop
 from metarl.algos.base import GradientMetaLearner, SampledBatch
 from metarl.config import Config
 from metarl.policies.batched import Params, detach, stack
@@ -58,7 +58,7 @@ class MetaSGD(GradientMetaLearner):
 
     def adapt(self, params: Params, train: Episodes, first_order: bool) -> Adaptation:
         c = self.config
-        loss = lambda adapted: policy_gradient_loss(self.policy, adapted, train)  # noqa: E731
+        loss = lambda adapted: self.inner_objective(adapted, train)  # noqa: E731
         adapted, hessians = inner_loop(stack(params, len(train)), loss, self.alpha, c.num_inner_steps, first_order)
         return _PerParameterAdaptation(adapted, hessians, math.nan)
 

@@ -17,19 +17,28 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
-from metarl.algos.adaptation import Adaptation, inner_loop
+from metarl import distributed
+from metarl.algos.adaptation import Adaptation
 from metarl.algos.base import GradientMetaLearner, SampledBatch
-from metarl.hyperparameters import BOOLEAN, NON_NEGATIVE, OPEN_UNIT_INTERVAL, POSITIVE, POSITIVE_INT, Hyperparameter
-from metarl.policies.batched import Params, log_probs, policy_kl, stack
-from metarl.sampling.episodes import Episodes, masked_mean
+from metarl.hyperparameters import (
+    BOOLEAN,
+    NON_NEGATIVE,
+    OPEN_UNIT_INTERVAL,
+    POSITIVE,
+    POSITIVE_INT,
+    Hyperparameter,
+    one_of,
+)
+from metarl.policies.batched import Params, policy_kl, stack
+from metarl.sampling.episodes import masked_mean
 
 
 class ProMP(GradientMetaLearner):
     """ProMP: LVC inner step, clipped outer surrogate with an inner-KL penalty, several Adam steps."""
 
+    inner_loss = Hyperparameter("lvc", one_of("lvc", "log-likelihood"), "inner-step objective (ProMP's is lvc)")
     promp_steps = Hyperparameter(5, POSITIVE_INT, "Adam steps on each sampled meta-batch")
     clip_eps = Hyperparameter(0.3, OPEN_UNIT_INTERVAL, "PPO clipping range of the outer likelihood ratio")
     inner_kl_coef = Hyperparameter(5e-4, NON_NEGATIVE, "initial weight η of the KL penalty on the pre-update policy")
@@ -40,26 +49,6 @@ class ProMP(GradientMetaLearner):
         super().__init__(*args, **kwargs)
         self.outer_steps = self.promp_steps
         self.kl_coef = self.inner_kl_coef
-        self.sampling_params: Params = {}  # θo, set when a batch is sampled
-        self._last_kl = 0.0
-
-    def sample(self, rng: np.random.Generator) -> SampledBatch:
-        self.sampling_params = {n: p.detach().clone() for n, p in self.policy.named_parameters()}
-        return super().sample(rng)
-
-    def lvc_loss(self, adapted: Params, train: Episodes) -> torch.Tensor:
-        """−J^LVC per task ([T]): the likelihood ratio to the sampling policy times the advantage."""
-        with torch.no_grad():
-            old = log_probs(self.policy, stack(self.sampling_params, len(train)), train.observations, train.actions)
-        ratio = torch.exp(log_probs(self.policy, adapted, train.observations, train.actions) - old)
-        return -masked_mean(ratio * train.advantages, train.mask)
-
-    def adapt(self, params: Params, train: Episodes, first_order: bool) -> Adaptation:
-        c = self.config
-        stacked = stack(params, len(train))
-        loss = lambda adapted: self.lvc_loss(adapted, train)  # noqa: E731
-        adapted, hessians = inner_loop(stacked, loss, c.inner_lr, c.num_inner_steps, first_order)
-        return Adaptation(adapted, hessians, c.inner_lr)
 
     def inner_kl(self, params: Params, batch: SampledBatch) -> torch.Tensor:
         """This rank's share of the mean over tasks of KL(πθo ‖ πθ) on the train observations."""
@@ -80,17 +69,16 @@ class ProMP(GradientMetaLearner):
         loss = self.with_penalties(surrogate + self.kl_coef * kl, penalties)
         return {"loss": loss, "train/surrogate": surrogate, "train/inner_kl": kl, **parts}
 
-    def after_outer_step(self, parts: dict[str, torch.Tensor]) -> None:
-        self._last_kl = parts["train/inner_kl"].item()
-
     def update(self, batch: SampledBatch) -> dict[str, float]:
         metrics = super().update(batch)
-        # the KL before the last Adam step, as in the reference implementation (no extra forward pass)
-        metrics["train/inner_kl_last"] = self._last_kl
+        # the KL after the last Adam step, as the reference implementation's compute_stats measures it
+        with torch.no_grad():
+            kl = distributed.all_reduce_sum(self.inner_kl(dict(self.policy.named_parameters()), batch)).item()
+        metrics["train/inner_kl_last"] = kl
         if self.inner_kl_adaptive:
-            if self._last_kl < self.inner_kl_target / 1.5:
+            if kl < self.inner_kl_target / 1.5:
                 self.kl_coef /= 2
-            elif self._last_kl > self.inner_kl_target * 1.5:
+            elif kl > self.inner_kl_target * 1.5:
                 self.kl_coef *= 2
         metrics["train/inner_kl_coef"] = self.kl_coef
         return metrics

@@ -30,6 +30,7 @@ from metarl.algos.base import MetaLearner
 from metarl.algos.held_out import AdaptationResult
 from metarl.config import Config
 from metarl.hyperparameters import POSITIVE, POSITIVE_INT, Hyperparameter
+from metarl.metrics import NON_FINITE, iteration_metrics
 from metarl.regularizers.base import Regularizer
 from metarl.tasks import TaskDistribution
 
@@ -183,6 +184,7 @@ class RL2(MetaLearner):
     ended during the step.
     """
 
+    inner_loss = None  # adapts through memory, not an inner gradient step
     outer_lr = Hyperparameter(1e-3, POSITIVE, "PPO's learning rate")
     episodes_per_trial = Hyperparameter(EPISODES_PER_TRIAL, POSITIVE_INT, "episodes of one task in a training trial")
 
@@ -237,22 +239,10 @@ class RL2(MetaLearner):
             for k, v in self.model.logger.name_to_value.items()
             if k.startswith("train/") and isinstance(v, (int, float, np.floating, np.integer))
         }
-        metrics.update(
-            {
-                "return/before_adaptation": float(np.mean([t[0] for t in trials])) if trials else float("nan"),
-                "return/after_adaptation": float(np.mean([t[-1] for t in trials])) if trials else float("nan"),
-                "train/trials": float(len(trials)),
-                "train/line_search_accepted": 1.0,
-                "train/non_finite": 0.0,
-                "perf/env_steps": env_steps,
-                "perf/env_steps_per_s": env_steps / (end - start),
-                "perf/sampling_s": callback.sampling_s,
-                "perf/adaptation_s": 0.0,
-                "perf/outer_step_s": (end - start) - callback.sampling_s,
-                "perf/iteration_s": end - start,
-            }
-        )
-        return metrics
+        before = float(np.mean([t[0] for t in trials])) if trials else float("nan")
+        after = float(np.mean([t[-1] for t in trials])) if trials else float("nan")
+        metrics.update({"train/trials": float(len(trials)), NON_FINITE: 0.0})
+        return {**metrics, **iteration_metrics(before, after, env_steps, callback.sampling_s, 0.0, end - start)}
 
     def evaluate(self, tasks: list[dict[str, Any]], steps: int, episodes: int, seed: int) -> AdaptationResult:
         """Adaptation by experience: per task, `episodes` independent trials of `steps + 1` episodes.

@@ -15,6 +15,7 @@ from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
 from metarl.hyperparameters import POSITIVE, POSITIVE_INTS, Hyperparameter, configure, one_of
+from metarl.tasks import observation_dim
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
@@ -24,15 +25,6 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "gelu": nn.GELU,
     "silu": nn.SiLU,
 }
-
-
-def observation_dim(space: gym.Space) -> int:
-    """Flat size of an observation as the sampler delivers it (Discrete is one-hot)."""
-    if isinstance(space, gym.spaces.Discrete):
-        return int(space.n)
-    if isinstance(space, gym.spaces.Box):
-        return int(np.prod(space.shape))
-    raise TypeError(f"unsupported observation space {space!r}: metarl supports Box and Discrete")
 
 
 def default_policy_name(action_space: gym.Space) -> str:

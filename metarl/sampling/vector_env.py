@@ -14,7 +14,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from metarl.tasks import TaskDistribution, VectorTaskEnv, check_spaces
+from metarl.tasks import TaskDistribution, VectorTaskEnv, check_spaces, observation_dim
 
 
 def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -58,11 +58,7 @@ class GymVectorTaskEnv(VectorTaskEnv):
         first = self.envs[0]
         self.observation_space, self.action_space = first.observation_space, first.action_space
         check_spaces(self.observation_space, self.action_space, f"env of {type(family).__name__}")
-        self._obs_dim = (
-            int(np.prod(self.observation_space.shape))
-            if isinstance(self.observation_space, gym.spaces.Box)
-            else int(self.observation_space.n)
-        )
+        self._obs_dim = observation_dim(self.observation_space)
         self._done = np.zeros(len(self.envs), dtype=bool)
         self._success = np.zeros(len(self.envs), dtype=bool)
         self._reports_success = False
