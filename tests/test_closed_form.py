@@ -125,6 +125,32 @@ def test_policy_gradient_hessian_product_equals_autograd(activation, min_std):
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("min_std", [1e-6, 0.9])
+def test_lvc_hessian_product_equals_autograd(activation, min_std):
+    """ProMP's loss −Σ w·π/π_o at parameters other than the sampling ones (a ratio ≠ 1)."""
+    policy = _policy(activation, min_std=min_std)
+    params, sampling = _task_params(policy, 4), _task_params(policy, 5)
+    obs, actions, weights = _data(5)
+    v = _task_params(policy, 6)
+
+    def log_prob(theta, i):
+        return functional_call(policy, theta, (obs[i],)).log_prob(actions[i])
+
+    def loss(i, theta):
+        old = log_prob(_task(sampling, i), i).detach()
+        return -(weights[i] * torch.exp(log_prob(theta, i) - old)).sum()
+
+    ratio = torch.stack(
+        [torch.exp(log_prob(_task(params, i), i) - log_prob(_task(sampling, i), i)) for i in range(TASKS)]
+    )
+    product = policy_gradient_hessian(policy, params, obs, actions, weights * ratio.detach(), None, True)
+    result, expected = product(v), _per_task_hessian_product(loss, params, v)
+    assert ratio.std() > 0.05  # the test is not only at the sampling point
+    for name in v:
+        torch.testing.assert_close(result[name], expected[name], rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
 def test_fisher_product_equals_autograd_hessian_of_the_kl(activation):
     policy = _policy(activation, min_std=0.9)
     at = _task_params(policy, 7)

@@ -19,16 +19,23 @@ def policy_gradient_loss(policy: nn.Module, params: Params, episodes: Episodes) 
     return -masked_mean(logp * episodes.advantages, episodes.mask)
 
 
-def lvc_loss(policy: nn.Module, params: Params, sampling: Params, episodes: Episodes) -> torch.Tensor:
-    """ProMP's low-variance-curvature loss −mean(π(a|s)/π_o(a|s)·A) per task ([T]), π_o the policy with
-    the (stacked) `sampling` parameters that sampled the episodes.
-
-    At `params` = `sampling` its gradient is the policy gradient; its Hessian is E[(∇²log π + ∇log π
-    ∇log πᵀ)·A] per step, without the cross-step terms of the DiCE/MAML estimator (Rothfuss et al. 2019).
-    """
+def likelihood_ratios(policy: nn.Module, params: Params, sampling: Params, episodes: Episodes) -> torch.Tensor:
+    """π(a|s)/π_o(a|s) per step ([T, E, H]), π_o the policy with the (stacked) `sampling` parameters."""
     with torch.no_grad():
         old = log_probs(policy, sampling, episodes.observations, episodes.actions)
-    ratio = torch.exp(log_probs(policy, params, episodes.observations, episodes.actions) - old)
+    return torch.exp(log_probs(policy, params, episodes.observations, episodes.actions) - old)
+
+
+def inner_losses(policy: nn.Module, params: Params, episodes: Episodes, sampling: Params | None) -> torch.Tensor:
+    """The inner loss per task ([T]): MAML's −mean(log π(a|s)·A), or with `sampling` (stacked
+    parameters that sampled the episodes) ProMP's low-variance-curvature loss −mean(π/π_o·A).
+
+    At `params` = `sampling` the LVC gradient is the policy gradient; its Hessian is E[(∇²log π + ∇log π
+    ∇log πᵀ)·A] per step, without the cross-step terms of the DiCE/MAML estimator (Rothfuss et al. 2019).
+    """
+    if sampling is None:
+        return policy_gradient_loss(policy, params, episodes)
+    ratio = likelihood_ratios(policy, params, sampling, episodes)
     return -masked_mean(ratio * episodes.advantages, episodes.mask)
 
 
@@ -61,11 +68,19 @@ class Adaptation:
 
 
 def adapt(
-    policy: nn.Module, params: Params, episodes: Episodes, lr: float, num_steps: int, first_order: bool
+    policy: nn.Module,
+    params: Params,
+    episodes: Episodes,
+    lr: float,
+    num_steps: int,
+    first_order: bool,
+    sampling: Params | None = None,
 ) -> Adaptation:
     """The inner loop for all tasks at once from shared θ = `params`, differentiable w.r.t. it
-    (first order: only through the identity part of θ' = θ − α∇L)."""
-    return adapt_stacked(policy, stack(params, len(episodes)), episodes, lr, num_steps, first_order)
+    (first order: only through the identity part of θ' = θ − α∇L); with `sampling` (the θ that sampled
+    `episodes`) on ProMP's LVC loss."""
+    stacked = None if sampling is None else stack(sampling, len(episodes))
+    return adapt_stacked(policy, stack(params, len(episodes)), episodes, lr, num_steps, first_order, stacked)
 
 
 def inner_loop(
@@ -92,18 +107,28 @@ def inner_loop(
 
 
 def adapt_stacked(
-    policy: nn.Module, stacked: Params, episodes: Episodes, lr: float, num_steps: int, first_order: bool
+    policy: nn.Module,
+    stacked: Params,
+    episodes: Episodes,
+    lr: float,
+    num_steps: int,
+    first_order: bool,
+    sampling: Params | None = None,
 ) -> Adaptation:
-    """Policy-gradient inner steps from per-task parameters `stacked` (leading task dimension).
+    """Policy-gradient inner steps from per-task parameters `stacked` (leading task dimension), on
+    ProMP's LVC loss with `sampling` (stacked parameters that sampled `episodes`).
 
     The per-task losses are summed: task i's loss depends only on slice i of the stacked parameters,
     so one gradient of the sum holds every task's own gradient. The Hessian products are closed-form
     where `policy_gradient_hessian` has one for the policy.
     """
-    loss = lambda p: policy_gradient_loss(policy, p, episodes)  # noqa: E731
+    loss = lambda p: inner_losses(policy, p, episodes, sampling)  # noqa: E731
     weights = episodes.advantages * step_weights(episodes.mask)
-    hessian = lambda iterate, grads: policy_gradient_hessian(  # noqa: E731
-        policy, iterate, episodes.observations, episodes.actions, weights, grads
-    )
+
+    def hessian(iterate: Params, grads: Params) -> HessianProduct:
+        lvc = sampling is not None
+        coef = weights * likelihood_ratios(policy, iterate, sampling, episodes).detach() if lvc else weights
+        return policy_gradient_hessian(policy, iterate, episodes.observations, episodes.actions, coef, grads, lvc)
+
     adapted, hessians = inner_loop(stacked, loss, lr, num_steps, first_order, hessian)
     return Adaptation(adapted, hessians, lr)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from metarl import distributed, metrics
-from metarl.algos.adaptation import Adaptation, adapt, inner_loop, lvc_loss, policy_gradient_loss
+from metarl.algos.adaptation import Adaptation, adapt, inner_losses
 from metarl.algos.held_out import AdaptationResult, evaluate_adaptation
 from metarl.algos.trpo import flatten
 from metarl.config import Config
@@ -133,20 +133,20 @@ class MetaLearner:
         The LVC ratio is taken to the policy that sampled `train` (`sampling_params`, θ itself when no
         batch was sampled), so re-adapting from another θ weighs the episodes by importance.
         """
-        if self.inner_loss == "lvc":
-            sampling = self.sampling_params or detach(dict(self.policy.named_parameters()))
-            return lvc_loss(self.policy, adapted, stack(sampling, len(train)), train)
-        return policy_gradient_loss(self.policy, adapted, train)
+        sampling = self._lvc_sampling()
+        return inner_losses(self.policy, adapted, train, None if sampling is None else stack(sampling, len(train)))
+
+    def _lvc_sampling(self) -> Params | None:
+        """θo for the LVC loss (θ itself when no batch was sampled), None for the log-likelihood loss."""
+        if self.inner_loss != "lvc":
+            return None
+        return self.sampling_params or detach(dict(self.policy.named_parameters()))
 
     def adapt(self, params: Params, train: Episodes, first_order: bool) -> Adaptation:
         """The inner loop from θ = `params` for every task of `train` (MAML's policy-gradient step, or
         ProMP's LVC step with `inner_loss: lvc`)."""
         c = self.config
-        if self.inner_loss == "log-likelihood":  # Hessian products in closed form where the policy has one
-            return adapt(self.policy, params, train, c.inner_lr, c.num_inner_steps, first_order)
-        loss = lambda adapted: self.inner_objective(adapted, train)  # noqa: E731
-        adapted, hessians = inner_loop(stack(params, len(train)), loss, c.inner_lr, c.num_inner_steps, first_order)
-        return Adaptation(adapted, hessians, c.inner_lr)
+        return adapt(self.policy, params, train, c.inner_lr, c.num_inner_steps, first_order, self._lvc_sampling())
 
     def episodes(self, params: Params, env, seed: int) -> Episodes:
         """Episodes with stacked `params`, with GAE advantages."""

@@ -56,14 +56,16 @@ def policy_gradient_hessian(
     actions: torch.Tensor,
     weights: torch.Tensor,
     grads: Params | None,
+    likelihood_ratio: bool = False,
 ) -> HessianProduct:
     """v ↦ ∇²Lᵢ v at `params` for a weighted policy-gradient loss Lᵢ = −Σ weights·log π(a|s) of each task
-    (MAML's inner loss with weights = advantage × `step_weights(mask)`).
+    (MAML's inner loss with weights = advantage × `step_weights(mask)`), or with `likelihood_ratio`
+    for Lᵢ = −Σ w·π/π_o (ProMP's LVC loss; `weights` = w·π/π_o at `params`).
 
     `grads` (∇Lᵢ with graph) serve the autograd product; None is allowed only for the closed form.
     """
     if closed_form.supports(policy):
-        return closed_form.PolicyGradientHessian(policy, params, observations, actions, weights)
+        return closed_form.PolicyGradientHessian(policy, params, observations, actions, weights, likelihood_ratio)
     if grads is None:
         raise ValueError("the autograd Hessian product needs the inner gradient computed with create_graph=True")
     return autograd_hessian(params, grads)

@@ -204,7 +204,11 @@ class FisherProduct(GaussianMLPPass):
 
 class PolicyGradientHessian(GaussianMLPPass):
     """v ↦ ∇²L v at `params` (detached) for each task's L = −Σₜ cₜ log π(aₜ|sₜ), c the weights;
-    up to a constant L = Σₜ cₜ(½ Σ_d eₜ_d²/σ_d² + Σ_d log σ_d), e = a − μ."""
+    up to a constant L = Σₜ cₜ(½ Σ_d eₜ_d²/σ_d² + Σ_d log σ_d), e = a − μ.
+
+    With `likelihood_ratio`, L = −Σₜ wₜ π(aₜ|sₜ)/π_o(aₜ|sₜ) (ProMP's LVC loss) with c = w·π/π_o at
+    `params`: its Hessian adds −Σₜ cₜ gₜ gₜᵀ, gₜ = ∇ log π(aₜ|sₜ), to the one above.
+    """
 
     def __init__(
         self,
@@ -213,11 +217,13 @@ class PolicyGradientHessian(GaussianMLPPass):
         observations: torch.Tensor,
         actions: torch.Tensor,
         weights: torch.Tensor,
+        likelihood_ratio: bool = False,
     ) -> None:
         super().__init__(policy, {n: p.detach() for n, p in params.items()}, observations)
         tasks = observations.shape[0]
         self.actions = actions.reshape(tasks, -1, self.policy.log_std.numel())
         self.coef = weights.reshape(tasks, -1, 1)
+        self.likelihood_ratio = likelihood_ratio
 
     @cached_property
     def primal(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -247,7 +253,14 @@ class PolicyGradientHessian(GaussianMLPPass):
         scaled = self.coef * precision * error
         # ∂²L/∂μ² = c/σ², ∂²L/∂μ∂logσ = 2c·e/σ², ∂²L/∂logσ² = 2c·e²/σ² (per action dim)
         mean_tangent = self.coef * precision * tangent.mean + 2 * scaled * v_log_std
-        grads = self.backward(mean_tangent, _Along(self.loss_backward, v, tangent))
         log_std = 2 * active * (scaled * (tangent.mean + error * v_log_std)).sum(1, keepdim=True)
+        if self.likelihood_ratio:
+            # −Σ c g (gᵀv): gᵀv = Σ_d e/σ²·μ̇ + (e²/σ² − 1)·(log σ)˙, and g = (e/σ² on μ, e²/σ² − 1 on log σ)
+            log_std_score = precision * error.square() - 1
+            directional = (precision * error * tangent.mean + log_std_score * v_log_std).sum(-1, keepdim=True)
+            weighted = self.coef * directional
+            mean_tangent = mean_tangent - weighted * precision * error
+            log_std = log_std - active * (weighted * log_std_score).sum(1, keepdim=True)
+        grads = self.backward(mean_tangent, _Along(self.loss_backward, v, tangent))
         grads["log_std"] = log_std.reshape(v["log_std"].shape)
         return {name: grads[name] for name in v}
