@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from metarl.trainer import Trainer
 
 LIST_GROUPS = ("envs", "policies", "regularizers", "algorithms")
+RUN_HELP = "a run directory, or pretrained:NAME (`metarl list pretrained`)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,7 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     evaluate = sub.add_parser("evaluate", help="returns after 0..K inner steps on held-out tasks")
-    evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    evaluate.add_argument(
+        "run_dir", metavar="RUN_DIR", help="a run directory, or pretrained:NAME (`metarl list pretrained`)"
+    )
     _add_adaptation_args(evaluate)
     evaluate.add_argument("--tasks", type=_positive, default=40, help="held-out tasks (default 40)")
     evaluate.add_argument(
@@ -70,11 +73,18 @@ def _parser() -> argparse.ArgumentParser:
         "--video", action="store_true", help="GIF of an episode before and after adaptation, RUN_DIR/adaptation.gif"
     )
     evaluate.add_argument("--video-tasks", type=_positive, default=3, help="held-out tasks in the video (default 3)")
-    evaluate.add_argument("--out", type=Path, metavar="DIR", help="folder of the evaluation files (default RUN_DIR)")
+    evaluate.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="folder of the evaluation files (default RUN_DIR; for pretrained:NAME, evaluations/NAME here)",
+    )
     evaluate.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     adapt = sub.add_parser("adapt", help="adapt to one task and save a stable-baselines3 PPO model")
-    adapt.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    adapt.add_argument(
+        "run_dir", metavar="RUN_DIR", help="a run directory, or pretrained:NAME (`metarl list pretrained`)"
+    )
     adapt.add_argument("--task", required=True, help="the task as JSON, e.g. '{\"goal\": [0.3, -0.2]}'")
     adapt.add_argument("--out", type=Path, required=True, help="output .zip")
     _add_adaptation_args(adapt)
@@ -91,7 +101,10 @@ def _parser() -> argparse.ArgumentParser:
 
     listing = sub.add_parser("list", help="installed task families, policies, regularizers and meta-learners")
     listing.add_argument(
-        "group", nargs="?", choices=(*LIST_GROUPS, "config"), help="one group only; config: the run-level keys"
+        "group",
+        nargs="?",
+        choices=(*LIST_GROUPS, "config", "pretrained"),
+        help="one group only; config: the run-level keys; pretrained: the shipped meta-trained runs",
     )
     listing.add_argument("-v", "--verbose", action="store_true", help="each component's keys, defaults and docs")
     listing.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -113,7 +126,9 @@ def _non_negative(text: str) -> int:
 
 
 def _add_adaptation_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", default="last", help="best, last or an iteration number (default last)")
+    parser.add_argument(
+        "--checkpoint", help="best, last or an iteration number (default last; best for pretrained:NAME)"
+    )
     parser.add_argument("--steps", type=_non_negative, default=3, help="inner gradient steps (default 3)")
     parser.add_argument("--episodes", type=_positive, help="episodes per task and step (default: the run's)")
     parser.add_argument("--seed", type=int, help="seed of the held-out tasks (default: the run's)")
@@ -242,10 +257,13 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _trainer_at_checkpoint(args: argparse.Namespace) -> Trainer:
+    from metarl import pretrained
     from metarl.config import parse_value
     from metarl.trainer import Trainer
 
-    trainer = Trainer.from_run(args.run_dir, args.checkpoint)
+    if args.checkpoint is None:
+        args.checkpoint = "best" if pretrained.is_pretrained(args.run_dir) else "last"
+    trainer = Trainer.from_run(pretrained.run_dir(args.run_dir), args.checkpoint)
     if args.env is not None or args.env_kwargs is not None:
         env_kwargs = {} if args.env is not None else trainer.config.env_kwargs
         if args.env_kwargs is not None:
@@ -255,12 +273,15 @@ def _trainer_at_checkpoint(args: argparse.Namespace) -> Trainer:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from metarl import pretrained
     from metarl.evaluation import evaluate_run
 
     trainer = _trainer_at_checkpoint(args)
+    shipped = pretrained.is_pretrained(args.run_dir)  # never written into: the installed package
+    default_out = Path("evaluations") / args.run_dir[len(pretrained.PREFIX) :] if shipped else Path(args.run_dir)
     report, paths = evaluate_run(
         trainer,
-        args.out or args.run_dir,
+        args.out or default_out,
         args.checkpoint,
         args.tasks,
         args.steps,
@@ -325,50 +346,10 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from metarl import registry
+    from metarl.listing import print_listing
 
-    if args.group == "config":
-        from metarl.config import key_docs
-
-        print("run-level config keys:")
-        print(_format_keys([(name, default, allowed, doc) for name, default, allowed, doc in key_docs()]))
-        return 0
-    groups = [args.group] if args.group else list(LIST_GROUPS)
-    for group in groups:
-        print(f"{group}:")
-        rows = registry.REGISTRIES[group].status()
-        width = max((len(r.name) for r in rows), default=0)
-        for row in rows:
-            state = "ok" if row.error is None else f"broken: {row.error}"
-            print(f"  {row.name:<{width}}  {row.package} {row.version}  {state}")
-            if args.verbose and row.error is None:
-                print(_format_keys(_component_keys(group, row.name), indent="      "))
-        if not rows:
-            print("  (none)")
+    print_listing(args.group, args.verbose)
     return 0
-
-
-def _component_keys(group: str, name: str) -> list[tuple[str, Any, str, str]]:
-    import inspect
-
-    from metarl import registry
-    from metarl.hyperparameters import component_keys
-
-    reg = registry.REGISTRIES[group]
-    keys = component_keys(reg.load(name), reg.positional).values()
-    return [(k.name, "required" if k.default is inspect.Parameter.empty else k.default, k.allowed, k.doc) for k in keys]
-
-
-def _format_keys(keys: list[tuple[str, Any, str, str]], indent: str = "  ") -> str:
-    """One line per key: name, default, what is allowed and its doc."""
-    if not keys:
-        return f"{indent}(no keys)"
-    width = max(len(k[0]) for k in keys)
-    lines = []
-    for name, default, allowed, doc in keys:
-        described = f"{doc} ({allowed})" if doc else allowed
-        lines.append(f"{indent}{name:<{width}}  default {default!r}: {described}")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
