@@ -103,11 +103,11 @@ class Trainer:
         self.family = self.learner.family = family
         self.family_name, self.family_kwargs = name, env_kwargs
 
-    def start_run(self, logdir: Path) -> Path | None:
+    def start_run(self, logdir: str | Path) -> Path | None:
         """Create the run directory and write the resolved config into it (rank 0 only; None elsewhere)."""
         if not distributed.is_main():
             return None
-        self.run_dir = new_run_dir(logdir, self.config)
+        self.run_dir = new_run_dir(Path(logdir), self.config)
         self.write_config()
         return self.run_dir
 
