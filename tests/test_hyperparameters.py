@@ -174,7 +174,7 @@ def test_a_family_yaml_section_gives_each_learner_its_settings():
         build_config({"algorithms": {"promp": {"algo": "maml-trpo"}}})
     # the shipped navigation config: maml-trpo's settings only for maml-trpo
     assert _config().algo_kwargs["cg_subsample"] == 0.5
-    assert _config(algo="promp").algo_kwargs == {}
+    assert _config(algo="promp").algo_kwargs == {"outer_lr": 3e-3}
 
 
 def test_set_reaches_nested_keys_and_mappings_merge_key_by_key():
