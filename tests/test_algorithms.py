@@ -197,8 +197,9 @@ def test_every_iteration_logs_the_policy_std():
 
 def test_e_maml_trpo_is_maml_trpo_plus_the_exploration_term():
     """λ = 0 takes MAML-TRPO's step exactly; λ > 0 another, still inside the trust region."""
-    # navigation-2d's maml-trpo section sets cg_subsample 0.5; e-maml-trpo has no section there
+    # navigation-2d's maml-trpo section sets cg_subsample 0.5 and inner_loss lvc; e-maml-trpo has none there
     small = {"meta_batch_size": 4, "fast_batch_size": 4, "horizon": 20, "cg_subsample": 0.5}
+    small["algo_kwargs"] = {"inner_loss": "lvc"}
     thetas = {}
     for name, weight in (("maml-trpo", None), ("e-maml-trpo", 0.0), ("e-maml-trpo", 1.0)):
         extra = {} if weight is None else {"exploration_weight": weight}
