@@ -50,9 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     evaluate = sub.add_parser("evaluate", help="returns after 0..K inner steps on held-out tasks")
-    evaluate.add_argument(
-        "run_dir", metavar="RUN_DIR", help="a run directory, or pretrained:NAME (`metarl list pretrained`)"
-    )
+    evaluate.add_argument("run_dir", metavar="RUN_DIR", help=RUN_HELP)
     _add_adaptation_args(evaluate)
     evaluate.add_argument("--tasks", type=_positive, default=40, help="held-out tasks (default 40)")
     evaluate.add_argument(
@@ -82,9 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     adapt = sub.add_parser("adapt", help="adapt to one task and save a stable-baselines3 PPO model")
-    adapt.add_argument(
-        "run_dir", metavar="RUN_DIR", help="a run directory, or pretrained:NAME (`metarl list pretrained`)"
-    )
+    adapt.add_argument("run_dir", metavar="RUN_DIR", help=RUN_HELP)
     adapt.add_argument("--task", required=True, help="the task as JSON, e.g. '{\"goal\": [0.3, -0.2]}'")
     adapt.add_argument("--out", type=Path, required=True, help="output .zip")
     _add_adaptation_args(adapt)
