@@ -287,3 +287,13 @@ def test_list_verbose_prints_each_components_keys(hyper_plugin):
     assert "patience" in result.stdout and "a key of this learner only" in result.stdout
     listing = cli("list", "config")
     assert "meta_batch_size" in listing.stdout and "tasks per meta-batch" in listing.stdout
+
+
+def test_a_subclass_can_drop_an_inherited_key():
+    """RL² adapts through memory: it does not list the gradient learners' `inner_loss`."""
+    rl2 = component_keys(registry.algorithms.load("rl2"), registry.algorithms.positional)
+    promp = component_keys(registry.algorithms.load("promp"), registry.algorithms.positional)
+    assert "inner_loss" not in rl2 and {"outer_lr", "episodes_per_trial"} <= set(rl2)
+    assert promp["inner_loss"].default == "lvc"  # redeclared with ProMP's own default
+    with pytest.raises(ConfigError, match="algorithm 'rl2' has no key 'inner_loss'"):
+        Trainer(_config(algo="rl2", algo_kwargs={"inner_loss": "lvc"}))
