@@ -17,12 +17,15 @@ def print_listing(group: str | None, verbose: bool) -> None:
     """`metarl list [GROUP] [--verbose]`: installed components (with their keys), the run-level keys
     (`config`) or the shipped runs (`pretrained`); every registry group when `group` is None."""
     if group == "pretrained":
-        return _list_pretrained()
-    if group == "config":
+        _list_pretrained()
+    elif group == "config":
         print("run-level config keys:")
         print(_format_keys(key_docs()))
-        return None
-    groups = [group] if group else list(registry.REGISTRIES)
+    else:
+        _list_components([group] if group else list(registry.REGISTRIES), verbose)
+
+
+def _list_components(groups: list[str], verbose: bool) -> None:
     for name in groups:
         print(f"{name}:")
         rows = registry.REGISTRIES[name].status()
@@ -34,7 +37,6 @@ def print_listing(group: str | None, verbose: bool) -> None:
                 print(_format_keys(_component_keys(name, row.name), indent="      "))
         if not rows:
             print("  (none)")
-    return None
 
 
 def _list_pretrained() -> None:
