@@ -11,6 +11,7 @@ import inspect
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -67,10 +68,14 @@ def component_kwargs(group: str, name: str, kwargs: dict[str, Any]) -> dict[str,
 
 
 def make_family(config: Config) -> TaskDistribution:
-    return construct(registry.envs.load(config.env), f"env {config.env!r} (env_kwargs)", **config.env_kwargs)
+    # the registry checked that the class is a TaskDistribution
+    family: TaskDistribution = construct(
+        registry.envs.load(config.env), f"env {config.env!r} (env_kwargs)", **config.env_kwargs
+    )
+    return family
 
 
-def probe_spaces(family: TaskDistribution, name: str) -> tuple[gym.Space, gym.Space]:
+def probe_spaces(family: TaskDistribution, name: str) -> tuple[gym.Space[Any], gym.Space[Any]]:
     """Observation and action spaces of the family, from one env built with a throwaway generator."""
     try:
         task = family.sample_tasks(1, np.random.default_rng(0))[0]
@@ -83,7 +88,7 @@ def probe_spaces(family: TaskDistribution, name: str) -> tuple[gym.Space, gym.Sp
     return spaces
 
 
-def resolve_components(config: Config, action_space: gym.Space) -> Config:
+def resolve_components(config: Config, action_space: gym.Space[Any]) -> Config:
     """The config with the policy named and every component's keys checked and completed."""
     policy = config.policy or default_policy_name(action_space)
     regularizers = {}
@@ -95,19 +100,46 @@ def resolve_components(config: Config, action_space: gym.Space) -> Config:
         policy_kwargs=component_kwargs("policies", policy, config.policy_kwargs),
         algo_kwargs=component_kwargs("algorithms", config.algo, config.algo_kwargs),
         regularizers=regularizers,
+        logger_kwargs=resolve_logger_kwargs(config.loggers, config.logger_kwargs),
     )
 
 
-def make_policy(config: Config, observation_space: gym.Space, action_space: gym.Space) -> nn.Module:
+def resolve_logger_kwargs(names: list[str], logger_kwargs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each named logger's keys checked and completed; a logger that cannot run here is refused now,
+    before a run directory exists."""
+    unused = sorted(set(logger_kwargs) - set(names))
+    if unused:
+        raise ConfigError(f"logger_kwargs has keys for {unused[0]!r}, which is not in loggers {names}")
+    resolved = {}
+    for name in names:
+        cls = registry.loggers.load(name)
+        try:
+            getattr(cls, "check_available", lambda: None)()
+        except ValueError as exc:
+            raise ConfigError(f"logger {name!r}: {exc}") from None
+        resolved[name] = component_kwargs("loggers", name, logger_kwargs.get(name, {}))
+    return resolved
+
+
+def make_loggers(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """The loggers a resolved config names, each built as `cls(run_dir, config, **its keys)`."""
+    kwargs = config.get("logger_kwargs", {})
+    return {
+        name: construct(registry.loggers.load(name), f"logger {name!r}", run_dir, config, **kwargs.get(name, {}))
+        for name in config["loggers"]
+    }
+
+
+def make_policy(config: Config, observation_space: gym.Space[Any], action_space: gym.Space[Any]) -> nn.Module:
     """The configured policy (`config.policy` named, as `resolve_components` leaves it)."""
     name = config.policy or default_policy_name(action_space)
     cls = registry.policies.load(name)
-    policy = construct(cls, f"policy {name!r}", observation_space, action_space, **config.policy_kwargs)
+    policy: nn.Module = construct(cls, f"policy {name!r}", observation_space, action_space, **config.policy_kwargs)
     _check_policy_output(policy, name, observation_space)
     return policy
 
 
-def _check_policy_output(policy: nn.Module, name: str, observation_space: gym.Space) -> None:
+def _check_policy_output(policy: nn.Module, name: str, observation_space: gym.Space[Any]) -> None:
     """The contract: forward(obs) is a Distribution with one log-probability per observation."""
     obs = torch.zeros(3, observation_dim(observation_space))
     try:
@@ -146,6 +178,58 @@ def resolve_device(name: str) -> torch.device:
     return distributed.init_from_env(torch.device(name))
 
 
+def available_memory(device: torch.device | None = None) -> int | None:
+    """Bytes of memory available now (/proc/meminfo's MemAvailable, plus a CUDA device's free memory);
+    None where that cannot be read."""
+    available = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if available is not None and device is not None and device.type == "cuda":
+        try:
+            available += torch.cuda.mem_get_info(device)[0]
+        except Exception:  # no driver at hand: the host's memory alone
+            pass
+    return available
+
+
+def check_batch_memory(
+    what: str,
+    tasks: int,
+    episodes: int,
+    horizon: int,
+    batches: int,
+    spaces: tuple[gym.Space[Any], gym.Space[Any]],
+    hidden_sizes: Any = None,
+    device: torch.device | None = None,
+) -> None:
+    """Refuse sizes whose batch cannot fit in the memory available, before anything is written.
+
+    The estimate is a lower bound: `batches` batches of `tasks` × `episodes` × `horizon` steps of
+    float32 observations, actions, rewards, masks, advantages and one activation per hidden unit, and
+    one copy of the policy's parameters per task and batch (`hidden_sizes` of an MLP; none otherwise).
+    """
+    obs_dim, act_dim = (int(s.n) if isinstance(s, gym.spaces.Discrete) else int(np.prod(s.shape)) for s in spaces)
+    hidden = [int(h) for h in hidden_sizes] if isinstance(hidden_sizes, (list, tuple)) else []
+    widths = [obs_dim, *hidden, act_dim]
+    parameters = sum(a * b + b for a, b in zip(widths, widths[1:])) + act_dim
+    per_step = obs_dim + act_dim + 3 + sum(hidden)
+    needed = 4 * tasks * batches * (episodes * horizon * per_step + parameters)
+    available = available_memory(device)
+    if available is not None and needed > available:
+        raise ConfigError(
+            f"{what} needs at least {needed / 2**30:.1f} GiB ({tasks} tasks x {episodes} episodes x {horizon} steps "
+            f"x {batches} batches; observations of {obs_dim}, actions of {act_dim}, {parameters} policy parameters "
+            f"per task), but {available / 2**30:.1f} GiB of memory is available: use fewer tasks, episodes, "
+            "a shorter horizon or a smaller policy"
+        )
+
+
 @dataclass
 class Run:
     """The parts of one run, built from a resolved config."""
@@ -153,7 +237,7 @@ class Run:
     config: Config
     device: torch.device
     family: TaskDistribution
-    spaces: tuple[gym.Space, gym.Space]
+    spaces: tuple[gym.Space[Any], gym.Space[Any]]
     rng: np.random.Generator
     policy: nn.Module
     learner: Any  # a metarl.algos.base.MetaLearner
@@ -166,6 +250,12 @@ def build_run(config: Config) -> Run:
     family = make_family(config)
     spaces = probe_spaces(family, config.env)
     config = resolve_components(config, spaces[1])
+    horizon, hidden = config.horizon_for(family), config.policy_kwargs.get("hidden_sizes")
+    shard = -(-config.meta_batch_size // distributed.world_size())  # this process's part of the meta-batch
+    batches = config.num_inner_steps + 1
+    check_batch_memory("one meta-batch", shard, config.fast_batch_size, horizon, batches, spaces, hidden, device)
+    if config.eval_every:
+        check_batch_memory("validation", config.eval_tasks, config.fast_batch_size, horizon, 1, spaces, hidden, device)
     rng = seed_everything(config.seed)
     policy = make_policy(config, *spaces).to(device)
     learner = make_learner(config, policy, family, make_regularizers(config), device)

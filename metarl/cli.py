@@ -3,28 +3,40 @@
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from metarl.errors import MetarlError
+from metarl.errors import MetarlError, first_line, short_repr
+from metarl.hyperparameters import MAX_EPISODES, MAX_INNER_STEPS, MAX_ITERATIONS, MAX_TASKS
 
 if TYPE_CHECKING:
     from metarl.config import Config
     from metarl.trainer import Trainer
 
-LIST_GROUPS = ("envs", "policies", "regularizers", "algorithms")
+LIST_GROUPS = ("envs", "policies", "regularizers", "algorithms", "loggers")
 RUN_HELP = "a run directory, or pretrained:NAME (`metarl list pretrained`)"
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="metarl", description="Gradient-based meta-reinforcement learning.")
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose errors are one line, `metarl: error: COMMAND: ...`, with exit code 2
+    (argparse itself prints the usage and the error on several lines)."""
+
+    def error(self, message: str) -> NoReturn:
+        command = " ".join(self.prog.split()[1:])  # "metarl train" -> "train"
+        self.exit(2, f"metarl: error: {command + ': ' if command else ''}{first_line(message, 500)}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `metarl` command line (also rendered into the docs' CLI reference)."""
+    parser = ArgumentParser(prog="metarl", description="Gradient-based meta-reinforcement learning.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
 
     train = sub.add_parser("train", help="meta-train a policy on a task family")
     train.add_argument("--env", help="task family (see `metarl list envs`)")
@@ -43,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument(
         "--nproc",
-        type=_positive,
+        type=count(MAX_TASKS),
         metavar="N",
         help="train in N local processes, the meta-batch split across them (torchrun; gloo on CPU, nccl on GPU)",
     )
@@ -52,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="returns after 0..K inner steps on held-out tasks")
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help=RUN_HELP)
     _add_adaptation_args(evaluate)
-    evaluate.add_argument("--tasks", type=_positive, default=40, help="held-out tasks (default 40)")
+    evaluate.add_argument("--tasks", type=count(MAX_TASKS), default=40, help="held-out tasks (default 40)")
     evaluate.add_argument(
         "--baseline",
         action="append",
@@ -62,15 +74,20 @@ def _parser() -> argparse.ArgumentParser:
         "adapted like the meta-learned policy, or trained from scratch on each of --baseline-tasks tasks",
     )
     evaluate.add_argument(
-        "--baseline-steps", type=_positive, default=100_000, help="PPO env steps per baseline policy (default 100000)"
+        "--baseline-steps",
+        type=count(MAX_ITERATIONS),
+        default=100_000,
+        help="PPO env steps per baseline policy (default 100000)",
     )
     evaluate.add_argument(
-        "--baseline-tasks", type=_positive, default=3, help="held-out tasks PPO learns from scratch (default 3)"
+        "--baseline-tasks", type=count(MAX_TASKS), default=3, help="held-out tasks PPO learns from scratch (default 3)"
     )
     evaluate.add_argument(
         "--video", action="store_true", help="GIF of an episode before and after adaptation, RUN_DIR/adaptation.gif"
     )
-    evaluate.add_argument("--video-tasks", type=_positive, default=3, help="held-out tasks in the video (default 3)")
+    evaluate.add_argument(
+        "--video-tasks", type=count(MAX_TASKS), default=3, help="held-out tasks in the video (default 3)"
+    )
     evaluate.add_argument(
         "--out",
         type=Path,
@@ -95,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_sweep_parser(sub)
 
-    listing = sub.add_parser("list", help="installed task families, policies, regularizers and meta-learners")
+    listing = sub.add_parser("list", help="installed task families, policies, regularizers, meta-learners and loggers")
     listing.add_argument(
         "group",
         nargs="?",
@@ -107,27 +124,44 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive(text: str) -> int:
+def count(maximum: int, minimum: int = 1) -> Callable[[str], int]:
+    """An argparse type: an integer from `minimum` (1 or 0) to `maximum`, what can run."""
+    kind = "a positive integer" if minimum > 0 else "a non-negative integer"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"expected {kind} up to {maximum}, got {short_repr(text, 60)}")
+        return value
+
+    parse.__name__ = "count"
+    return parse
+
+
+def seed(text: str) -> int:
+    """An argparse type: a seed in [0, 2**63), the range torch.manual_seed and numpy share."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        value = -1
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer below 2**63, got {short_repr(text, 60)}")
     return value
 
-
-def _non_negative(text: str) -> int:
-    return 0 if text.strip() == "0" else _positive(text)
 
 
 def _add_adaptation_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint", help="best, last or an iteration number (default last; best for pretrained:NAME)"
     )
-    parser.add_argument("--steps", type=_non_negative, default=3, help="inner gradient steps (default 3)")
-    parser.add_argument("--episodes", type=_positive, help="episodes per task and step (default: the run's)")
-    parser.add_argument("--seed", type=int, help="seed of the held-out tasks (default: the run's)")
+    parser.add_argument(
+        "--steps", type=count(MAX_INNER_STEPS, minimum=0), default=3, help="inner gradient steps (default 3)"
+    )
+    parser.add_argument("--episodes", type=count(MAX_EPISODES), help="episodes per task and step (default: the run's)")
+    parser.add_argument("--seed", type=seed, help="seed of the held-out tasks (default: the run's)")
     parser.add_argument(
         "--env",
         help="adapt to tasks of another family with the same spaces, e.g. a test split (default: the run's)",
@@ -164,7 +198,8 @@ def _resolve_config(args: argparse.Namespace) -> Config:
     return build_config(*layers, origins=origins, reference=True)
 
 
-def _progress(total: int, start: int, enabled: bool):
+def _progress(total: int, start: int, enabled: bool) -> tuple[Any, Callable[[int, dict[str, float]], None]]:
+    """A tqdm bar (untyped) and the function that shows an iteration's metrics on it."""
     from tqdm import tqdm
 
     from metarl.metrics import ENV_STEPS_PER_S, NON_FINITE, RETURN_AFTER, RETURN_BEFORE
@@ -218,10 +253,8 @@ def _train(args: argparse.Namespace) -> int:
         distributed.relaunch(args.nproc, args.argv)  # replaces this process; the workers see torchrun's env
 
     if args.resume is not None:
-        trainer = resume_trainer(args.resume, _warn)
-        if args.iterations is not None and args.iterations <= 0:
-            raise MetarlError(f"--iterations must be a positive integer, got {args.iterations}")
-        iterations = args.iterations or trainer.config.iterations
+        trainer = resume_trainer(args.resume, _warn, *_user_layers(args))
+        iterations = trainer.config.iterations
     else:
         config = _resolve_config(args)
         trainer = Trainer(config)
@@ -268,16 +301,29 @@ def _trainer_at_checkpoint(args: argparse.Namespace) -> Trainer:
     return trainer
 
 
+def _check_memory(trainer: Trainer, what: str, tasks: int, episodes: int | None) -> None:
+    from metarl.build import check_batch_memory
+
+    config = trainer.config
+    horizon, hidden = config.horizon_for(trainer.family), config.policy_kwargs.get("hidden_sizes")
+    episodes = episodes or config.fast_batch_size
+    check_batch_memory(what, tasks, episodes, horizon, 1, trainer.spaces, hidden, trainer.device)
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from metarl import pretrained
+    from metarl.checkpoint import check_writable_dir
     from metarl.evaluation import evaluate_run
 
     trainer = _trainer_at_checkpoint(args)
     shipped = pretrained.is_pretrained(args.run_dir)  # never written into: the installed package
     default_out = Path("evaluations") / args.run_dir[len(pretrained.PREFIX) :] if shipped else Path(args.run_dir)
+    out = args.out or default_out
+    check_writable_dir(out, f"cannot write the evaluation into {short_repr(str(out))}")  # before it runs
+    _check_memory(trainer, "the evaluation", args.tasks, args.episodes)
     report, paths = evaluate_run(
         trainer,
-        args.out or default_out,
+        out,
         args.checkpoint,
         args.tasks,
         args.steps,
@@ -293,25 +339,53 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _adapt(args: argparse.Namespace) -> int:
+class _NonFiniteNumber(ValueError):
+    pass
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999
+        raise _NonFiniteNumber(f"{short_repr(text, 40)} is not a finite number")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise _NonFiniteNumber(f"{name} is not a finite number")
+
+
+def parse_task(text: str) -> dict[str, Any]:
+    """`--task`: a JSON object whose numbers are all finite (json itself accepts NaN and Infinity)."""
     import json
 
+    try:
+        task = json.loads(text, parse_float=_finite_float, parse_constant=_no_constant)
+    except _NonFiniteNumber as exc:
+        raise MetarlError(f"--task: {exc}; every number of a task must be finite") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError; an int of more than 4300 digits; deep nesting
+        raise MetarlError(f"--task is not valid JSON: {first_line(exc)}") from None
+    if not isinstance(task, dict):
+        raise MetarlError(f"--task must be a JSON object, got {type(task).__name__}")
+    return task
+
+
+def _adapt(args: argparse.Namespace) -> int:
+    from metarl.checkpoint import check_writable_file
     from metarl.export import export_sb3
     from metarl.policies.batched import unstack
 
-    try:
-        task = json.loads(args.task)
-    except json.JSONDecodeError as exc:
-        raise MetarlError(f"--task is not valid JSON: {exc}") from None
-    if not isinstance(task, dict):
-        raise MetarlError(f"--task must be a JSON object, got {type(task).__name__}")
+    task = parse_task(args.task)
     trainer = _trainer_at_checkpoint(args)
     config = trainer.config
     seed = config.seed if args.seed is None else args.seed
+    check_writable_file(args.out, f"cannot save the model as {short_repr(str(args.out))}", suffix=".zip")
+    _check_memory(trainer, "the adaptation", 1, args.episodes)
     try:
         env = trainer.family.make_env(task)
     except Exception as exc:
-        raise MetarlError(f"env {config.env!r} cannot build task {args.task}: {type(exc).__name__}: {exc}") from None
+        raise MetarlError(
+            f"env {config.env!r} cannot build task {short_repr(args.task)}: {type(exc).__name__}: {first_line(exc)}"
+        ) from None
     episodes = args.episodes or config.fast_batch_size
     result = trainer.evaluate([task], args.steps, episodes, seed)
     if not result.adapted_params:
@@ -323,7 +397,7 @@ def _adapt(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from metarl.logging import PROGRESS_FILE
+    from metarl.loggers.progress import PROGRESS_FILE
     from metarl.plotting import plot_training_curves
 
     for run_dir in args.run_dirs:
@@ -348,10 +422,34 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_train(args: argparse.Namespace) -> None:
+    """What `train` refuses before it builds anything, or relaunches itself under torchrun: a --logdir
+    or resumed run directory that cannot take files (read-only, full), and an --nproc that cannot split
+    the meta-batch (`distributed.check_nproc`)."""
+    from metarl import distributed
+    from metarl.checkpoint import CHECKPOINT_DIR, check_writable_dir
+
+    if args.resume is not None:
+        for folder in (args.resume, args.resume / CHECKPOINT_DIR):
+            if folder.is_dir():  # a path that is not a run directory is reported by the resume itself
+                check_writable_dir(folder, f"cannot continue run {short_repr(str(args.resume))}")
+    else:
+        check_writable_dir(args.logdir, f"cannot create a run directory under {short_repr(str(args.logdir))}")
+    if args.nproc is not None and args.nproc > 1 and not distributed.launched():
+        from metarl.trainer import load_run_config
+
+        config = load_run_config(args.resume) if args.resume is not None else _resolve_config(args)
+        distributed.check_nproc(config, args.nproc)
+
+
+#: the longest error message printed (a plugin's message can quote anything)
+MAX_MESSAGE = 2000
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `metarl` console script."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     args.argv = argv  # `train --nproc N` relaunches itself with the same arguments
     try:
         commands = {
@@ -362,16 +460,23 @@ def main(argv: list[str] | None = None) -> int:
             "sweep": _sweep,
             "list": _list,
         }
+        if args.command == "train":
+            _check_train(args)
         return commands[args.command](args)
     except MetarlError as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"metarl: error: {exc}", file=sys.stderr)
+        message = str(exc) if len(str(exc)) <= MAX_MESSAGE else str(exc)[: MAX_MESSAGE - 3] + "..."
+        print(f"metarl: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside training (which stops after its iteration): no traceback
+        if args.debug:
+            traceback.print_exc()
+        print("metarl: interrupted", file=sys.stderr)
+        return 130
     except Exception as exc:  # a bug, ours or a plugin's: one line unless --debug
         if args.debug:
             raise
-        print(
-            f"metarl: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr
-        )
+        cause = f"{type(exc).__name__}: {first_line(exc, MAX_MESSAGE)}"
+        print(f"metarl: internal error: {cause} (run with --debug for the traceback)", file=sys.stderr)
         return 1

@@ -12,26 +12,33 @@ right after the layer's other keys (rl-baselines3-zoo's per-algorithm hyperparam
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from metarl.errors import ConfigError
+from metarl.errors import ConfigError, short_repr
 from metarl.hyperparameters import (
     BOOLEAN,
-    NON_NEGATIVE_INT,
+    MAX_EPISODES,
+    MAX_HORIZON,
+    MAX_INNER_STEPS,
+    MAX_ITERATIONS,
+    MAX_TASKS,
     POSITIVE,
-    POSITIVE_INT,
+    SEED,
     UNIT_INTERVAL,
     Check,
+    non_negative_int,
+    positive_int,
 )
 
 SECTIONS_KEY = "algorithms"
 #: mappings merged key by key across layers (a later layer adds or replaces single keys)
-NESTED_KEYS = ("env_kwargs", "algo_kwargs", "policy_kwargs", "regularizers")
+NESTED_KEYS = ("env_kwargs", "algo_kwargs", "policy_kwargs", "regularizers", "logger_kwargs")
 
 #: keys of metarl ≤ 0.1.0's flat config that now belong to a component, with their old defaults
 LEGACY_ALGO_KEYS: dict[str, Any] = {
@@ -68,8 +75,22 @@ def _mapping_with_str_keys(v: Any) -> bool:
 NAME = Check(lambda v: isinstance(v, str) and bool(v), "a non-empty name")
 OPTIONAL_NAME = Check(lambda v: v is None or (isinstance(v, str) and bool(v)), "a name, or null")
 KWARGS = Check(_mapping_with_str_keys, "a mapping of keyword arguments, e.g. {key: value}")
-OPTIONAL_POSITIVE_INT = Check(lambda v: v is None or POSITIVE_INT.test(v), "a positive integer, or null")
+TASKS = positive_int(MAX_TASKS)
+EPISODES = positive_int(MAX_EPISODES)
+ITERATIONS = positive_int(MAX_ITERATIONS)
+EVERY = non_negative_int(MAX_ITERATIONS)
+HORIZON = Check(
+    lambda v: v is None or positive_int(MAX_HORIZON).test(v), f"a positive integer up to {MAX_HORIZON}, or null"
+)
 DEVICE = Check(lambda v: isinstance(v, str) and v.split(":")[0] in ("cpu", "cuda"), "cpu, cuda or cuda:N")
+NAMES = Check(
+    lambda v: isinstance(v, list) and all(isinstance(n, str) and n for n in v) and len(set(v)) == len(v),
+    "a list of distinct names, e.g. [tensorboard, csv]",
+)
+PER_NAME_KWARGS = Check(
+    lambda v: _mapping_with_str_keys(v) and all(_mapping_with_str_keys(s) for s in v.values()),
+    "a mapping of name to {key: value}",
+)
 REGULARIZERS = Check(
     lambda v: _mapping_with_str_keys(v) and all(_mapping_with_str_keys(s) and "weight" in s for s in v.values()),
     "a mapping of regularizer name to a weight or to {weight: W, KEY: VALUE, ...}",
@@ -89,22 +110,26 @@ class Config:
     regularizers: dict[str, dict[str, Any]] = _key(
         {}, REGULARIZERS, "name -> weight β or {weight: β, KEY: VALUE}: β·R added to the outer loss"
     )
-    meta_batch_size: int = _key(20, POSITIVE_INT, "tasks per meta-batch")
-    fast_batch_size: int = _key(20, POSITIVE_INT, "episodes per task and inner step")
-    horizon: int | None = _key(None, OPTIONAL_POSITIVE_INT, "episode length; null: the family's max_episode_steps")
-    num_inner_steps: int = _key(1, POSITIVE_INT, "inner gradient steps")
+    meta_batch_size: int = _key(20, TASKS, "tasks per meta-batch")
+    fast_batch_size: int = _key(20, EPISODES, "episodes per task and inner step")
+    horizon: int | None = _key(None, HORIZON, "episode length; null: the family's max_episode_steps")
+    num_inner_steps: int = _key(1, positive_int(MAX_INNER_STEPS), "inner gradient steps")
     inner_lr: float = _key(0.1, POSITIVE, "inner step size α")
     first_order: bool = _key(False, BOOLEAN, "drop the second-order terms of the inner step")
     gamma: float = _key(0.99, UNIT_INTERVAL, "discount")
     gae_lambda: float = _key(1.0, UNIT_INTERVAL, "GAE λ (the linear feature baseline per task)")
     normalize_advantages: bool = _key(True, BOOLEAN, "standardise advantages per task")
-    iterations: int = _key(500, POSITIVE_INT, "meta-iterations")
-    seed: int = _key(0, NON_NEGATIVE_INT, "the one seed: tasks, env seeds, initial weights")
+    iterations: int = _key(500, ITERATIONS, "meta-iterations")
+    seed: int = _key(0, SEED, "the one seed: tasks, env seeds, initial weights")
     device: str = _key("cpu", DEVICE, "torch device")
-    checkpoint_every: int = _key(10, NON_NEGATIVE_INT, "iterations between checkpoints (0: only at the end)")
-    max_nonfinite_updates: int = _key(5, POSITIVE_INT, "updates refused in a row for NaN/Inf before the run stops")
-    eval_every: int = _key(10, NON_NEGATIVE_INT, "iterations between validations on held-out tasks (0: none)")
-    eval_tasks: int = _key(20, POSITIVE_INT, "validation tasks")
+    checkpoint_every: int = _key(10, EVERY, "iterations between checkpoints (0: only at the end)")
+    max_nonfinite_updates: int = _key(5, ITERATIONS, "updates refused in a row for NaN/Inf before the run stops")
+    eval_every: int = _key(10, EVERY, "iterations between validations on held-out tasks (0: none)")
+    eval_tasks: int = _key(20, TASKS, "validation tasks")
+    loggers: list[str] = _key(["tensorboard", "csv"], NAMES, "where the scalars go (`metarl list loggers`)")
+    logger_kwargs: dict[str, dict[str, Any]] = _key(
+        {}, PER_NAME_KWARGS, "logger name -> its keys, e.g. {wandb: {project: P}}"
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -146,7 +171,9 @@ def _normalize_regularizers(value: Any, origin: str) -> Any:
         if isinstance(spec, dict) and "weight" in spec:
             weight = spec["weight"]
             if not (isinstance(weight, (int, float)) and not isinstance(weight, bool)):
-                raise ConfigError(f"bad weight {weight!r} for regularizer {name!r} in {origin}: expected a number")
+                raise ConfigError(
+                    f"bad weight {short_repr(weight)} for regularizer {short_repr(name)} in {origin}: expected a number"
+                )
             spec = {**spec, "weight": float(weight)}
         out[name] = spec
     return out
@@ -154,13 +181,13 @@ def _normalize_regularizers(value: Any, origin: str) -> Any:
 
 def _check(key: str, value: Any, origin: str) -> Any:
     if key not in FIELDS:
-        raise ConfigError(f"unknown config key {key!r} in {origin}; allowed keys: {', '.join(KEYS)}")
+        raise ConfigError(f"unknown config key {short_repr(key)} in {origin}; allowed keys: {', '.join(KEYS)}")
     if key == "regularizers":
         value = _normalize_regularizers(value, origin)
     try:
         return FIELDS[key].metadata["check"](value)
     except ValueError as exc:
-        raise ConfigError(f"bad value {value!r} for config key {key!r} in {origin}: expected {exc}") from None
+        raise ConfigError(f"bad value {short_repr(value)} for config key {key!r} in {origin}: expected {exc}") from None
 
 
 def _accepts(group: str, name: str | None, key: str) -> bool:
@@ -216,7 +243,7 @@ def _sections(layer: Mapping[str, Any], origin: str) -> dict[str, dict[str, Any]
     for name, section in sections.items():
         for reserved in ("algo", "env", SECTIONS_KEY):
             if reserved in section:
-                raise ConfigError(f"the {name!r} section in {origin} cannot set {reserved!r}")
+                raise ConfigError(f"the {short_repr(name)} section in {origin} cannot set {reserved!r}")
     return sections
 
 
@@ -247,7 +274,7 @@ def build_config(
             raise ConfigError("no task family given: pass --env NAME (see `metarl list envs`)")
         env = _check("env", env, "config")
         layers, origins, flags = (
-            [registry.envs.load(env).reference_config(), *layers],
+            [_reference_config(env), *layers],
             [f"reference config of {env!r}", *origins],
             [True, *flags],
         )
@@ -260,23 +287,95 @@ def build_config(
         for part, where in ((base, origin), (section, f"the {algo!r} section of {origin}")):
             for key, value in migrate_layer(part, soft, algo, policy).items():
                 value = _check(str(key), value, where)
+                check_finite(value, str(key), where)  # anywhere in it: env_kwargs, nested lists
                 if key in NESTED_KEYS:
                     value = _merge_nested(key, merged[key], value)
                 merged[key] = value
     return Config(**merged)
 
 
+def _reference_config(env: str) -> dict[str, Any]:
+    """The shipped YAML of family `env`; one it cannot read is the plugin's one-line error."""
+    from metarl import registry
+    from metarl.errors import PluginError
+
+    family = registry.envs.load(env)
+    try:
+        return family.reference_config()
+    except Exception as exc:
+        package = registry.envs.package_of(env)
+        raise PluginError(
+            f"env {env!r} (package {package}): its reference config {family.config_file!r} cannot be read: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+
 def _merge_nested(key: str, old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    if key != "regularizers":
+    if key not in ("regularizers", "logger_kwargs"):
         return {**old, **new}
     return {name: {**old.get(name, {}), **spec} for name, spec in {**old, **new}.items()}
 
 
+#: the most bytes of a YAML file, values (scalars, items, entries) a YAML document may expand to
+#: through its aliases, and levels of nesting
+MAX_YAML_BYTES = 10 * 2**20
+MAX_YAML_NODES = 100_000
+MAX_YAML_DEPTH = 64
+
+
+def walk(value: Any, where: str, path: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key path, value) of `value` and of everything nested in it, depth first.
+
+    Stops with a ConfigError after MAX_YAML_NODES values or MAX_YAML_DEPTH levels: YAML aliases make
+    a small document a tree of 10⁹ values (the "billion laughs"), which no check, copy or message may
+    expand.
+    """
+    budget = MAX_YAML_NODES
+    stack: list[tuple[str, Any, int]] = [(path, value, 0)]
+    while stack:
+        at, node, depth = stack.pop()
+        yield at, node
+        if not isinstance(node, (dict, list, tuple)):
+            continue
+        budget -= len(node)
+        if budget < 0:
+            raise ConfigError(
+                f"{where} expands to more than {MAX_YAML_NODES} values (nested YAML aliases?): refused as too large"
+            )
+        if depth >= MAX_YAML_DEPTH:
+            raise ConfigError(f"{where} nests values more than {MAX_YAML_DEPTH} levels deep: refused")
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        prefix = f"{at}." if at else ""
+        stack.extend((f"{prefix}{k}", v, depth + 1) for k, v in reversed(list(items)))
+
+
+def check_finite(value: Any, path: str, where: str) -> None:
+    """A ConfigError naming the dotted key path of the first NaN or infinite number in `value`."""
+    for at, node in walk(value, where, path):
+        if isinstance(node, float) and not math.isfinite(node):
+            raise ConfigError(f"{short_repr(at)} in {where} is {node}: every number must be finite")
+
+
+def _safe_load(text: str, where: str) -> Any:
+    """yaml.safe_load, refusing documents that expand beyond MAX_YAML_NODES values (see `walk`)."""
+    try:
+        data = yaml.safe_load(text)
+    except (RecursionError, ValueError) as exc:  # nesting beyond the parser's recursion; an int > 4300 digits
+        raise ConfigError(f"{where} cannot be parsed: {type(exc).__name__}: {short_repr(str(exc))}") from None
+    for _ in walk(data, where):
+        pass
+    return data
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping read with safe loading; a missing or malformed file is a ConfigError."""
+    """A YAML mapping read with safe loading; a missing, malformed or oversized file is a ConfigError."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        with path.open("rb") as f:
+            raw = f.read(MAX_YAML_BYTES + 1)
+        if len(raw) > MAX_YAML_BYTES:
+            raise ConfigError(f"config file {str(path)!r} is larger than {MAX_YAML_BYTES // 2**20} MiB: refused")
+        data = _safe_load(raw.decode(), f"config file {str(path)!r}")
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -297,9 +396,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def parse_value(where: str, raw: str) -> Any:
     """A command-line value parsed as YAML (`0.1`, `true`, `[32, 32]`, `{split: test}`); empty is None."""
     try:
-        return yaml.safe_load(raw) if raw.strip() else None
+        return _safe_load(raw, where) if raw.strip() else None
     except yaml.YAMLError:
-        raise ConfigError(f"{where}: cannot parse value {raw!r}") from None
+        raise ConfigError(f"{where}: cannot parse value {short_repr(raw)}") from None
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -310,12 +409,13 @@ def parse_set(items: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         path = [part.strip() for part in key.split(".")]
         if not sep or not all(path):
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+            raise ConfigError(f"--set expects KEY=VALUE, got {short_repr(item)}")
         target = out
         for part in path[:-1]:
             target = target.setdefault(part, {})
             if not isinstance(target, dict):
-                raise ConfigError(f"--set {key}: {part!r} is set to a value and used as a mapping")
+                used = f"--set {short_repr(key)}: {short_repr(part)}"
+                raise ConfigError(f"{used} is set to a value and used as a mapping")
         target[path[-1]] = parse_value(f"--set {key}", raw)
     return out
 
@@ -328,7 +428,9 @@ def parse_weights(items: list[str]) -> dict[str, float]:
         try:
             out[name.strip()] = float(raw) if sep else 1.0
         except ValueError:
-            raise ConfigError(f"--regularizer {name}: weight {raw!r} is not a number") from None
+            raise ConfigError(f"--regularizer {short_repr(name)}: weight {short_repr(raw)} is not a number") from None
+        if not math.isfinite(out[name.strip()]):
+            raise ConfigError(f"--regularizer {short_repr(name)}: weight {short_repr(raw)} is not finite")
         if not name.strip():
-            raise ConfigError(f"--regularizer expects NAME=WEIGHT, got {item!r}")
+            raise ConfigError(f"--regularizer expects NAME=WEIGHT, got {short_repr(item)}")
     return out

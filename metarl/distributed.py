@@ -10,6 +10,7 @@ import atexit
 import os
 import sys
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -122,6 +123,32 @@ def broadcast_module(module: torch.nn.Module) -> None:
         return
     for tensor in [*module.parameters(), *module.buffers()]:
         dist.broadcast(tensor.data, src=0)
+
+
+def check_nproc(config: Any, nproc: int) -> None:
+    """Refuse, before relaunching under torchrun, an `--nproc` the run cannot be split into: each
+    process steps a contiguous part of the meta-batch (`shard`), which must hold at least one task, or
+    as many as a regularizer needs (its class's `min_tasks`, e.g. 2 for `consistency`), and a CUDA run
+    needs one visible GPU per process."""
+    from metarl import registry
+
+    need, needed_by = 1, "each process steps at least one task"
+    for name in getattr(config, "regularizers", {}):
+        minimum = int(getattr(registry.regularizers.load(name), "min_tasks", 1))
+        if minimum > need:
+            need, needed_by = minimum, f"regularizer {name!r} needs {minimum} tasks in each process"
+    tasks = config.meta_batch_size
+    if tasks // nproc < need:
+        raise ConfigError(
+            f"--nproc {nproc} cannot split meta_batch_size {tasks} ({needed_by}): use --nproc {max(1, tasks // need)} "
+            f"or less, or a meta_batch_size of at least {need * nproc}"
+        )
+    if str(config.device).startswith("cuda"):
+        visible = torch.cuda.device_count()
+        if nproc > visible:
+            raise ConfigError(
+                f"--nproc {nproc} on {config.device}: each process needs its own GPU, and {visible} are visible"
+            )
 
 
 def relaunch(nproc: int, argv: list[str]) -> None:

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from metarl.algos.held_out import TEST_STREAM, AdaptationResult, held_out_rng
-from metarl.checkpoint import atomic_write, write_csv
+from metarl.checkpoint import write_csv, write_json
 
 if TYPE_CHECKING:
     from metarl.trainer import Trainer
@@ -43,7 +42,7 @@ def write_evaluation(run_dir: Path, result: AdaptationResult, meta: dict[str, An
     document = {**meta, "summary": rows, "returns": result.returns.tolist(), "tasks": result.tasks}
     if result.success is not None:
         document["success"] = result.success.tolist()
-    atomic_write(json_path, json.dumps(document, indent=2).encode())
+    write_json(json_path, document)
     plot_adaptation_curves({"meta-learned": rows}, f"{meta.get('env', '')}: adaptation on held-out tasks", png_path)
     return [csv_path, json_path, png_path]
 

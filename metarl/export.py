@@ -22,12 +22,18 @@ if TYPE_CHECKING:
     from stable_baselines3 import PPO
 
 
-def sb3_policy_kwargs(policy: nn.Module) -> dict[str, Any]:
-    """`policy_kwargs` of an SB3 MlpPolicy whose actor has the shape of `policy` (critic alike)."""
+def _built_in_mlp(policy: nn.Module) -> GaussianMLP | CategoricalMLP:
+    """`policy` itself, if it is one of the built-in MLPs that SB3 interop supports."""
     if not isinstance(policy, (GaussianMLP, CategoricalMLP)):
         raise MetarlError(
             f"stable-baselines3 interop supports gaussian-mlp and categorical-mlp, not {type(policy).__name__}"
         )
+    return policy
+
+
+def sb3_policy_kwargs(policy: nn.Module) -> dict[str, Any]:
+    """`policy_kwargs` of an SB3 MlpPolicy whose actor has the shape of `policy` (critic alike)."""
+    policy = _built_in_mlp(policy)
     hidden = [m.out_features for m in policy.trunk if isinstance(m, nn.Linear)]
     activations = {type(m) for m in policy.trunk if not isinstance(m, nn.Linear)}
     return {
@@ -39,8 +45,8 @@ def sb3_policy_kwargs(policy: nn.Module) -> dict[str, Any]:
 
 def sb3_parameter_names(policy: nn.Module) -> dict[str, str]:
     """Our parameter name -> the SB3 MlpPolicy state_dict key holding the same tensor."""
-    names = {}
-    for i, module in enumerate(policy.trunk):
+    names: dict[str, str] = {}
+    for i, module in enumerate(_built_in_mlp(policy).trunk):
         if isinstance(module, nn.Linear):
             names |= {f"trunk.{i}.{k}": f"mlp_extractor.policy_net.{i}.{k}" for k in ("weight", "bias")}
     head = "mean" if isinstance(policy, GaussianMLP) else "logits"
@@ -68,14 +74,32 @@ def to_sb3_ppo(policy: nn.Module, params: Params, env: gym.Env) -> PPO:
     with torch.no_grad():
         for ours, theirs in sb3_parameter_names(policy).items():
             value = params[ours].detach().cpu()
-            target[theirs] = value.clamp(min=policy.min_log_std) if ours == "log_std" else value.clone()
+            if ours == "log_std" and isinstance(policy, GaussianMLP):  # only a Gaussian has a log std
+                target[theirs] = value.clamp(min=policy.min_log_std)
+            else:
+                target[theirs] = value.clone()
     model.policy.load_state_dict(target)
     return model
 
 
 def export_sb3(policy: nn.Module, params: Params, env: gym.Env, path: Path) -> Path:
-    """Save `to_sb3_ppo(...)` as a zip at `path` (SB3 appends .zip when missing)."""
+    """Save `to_sb3_ppo(...)` as a zip at `path` (.zip appended when missing, as SB3 does), atomically.
+
+    Parameters that are not all finite (an inner step that diverged) are refused, not exported.
+    """
+    import io
+
+    from metarl.checkpoint import atomic_write
+
+    bad = sorted(name for name, value in params.items() if not bool(torch.isfinite(value.detach()).all()))
+    if bad:
+        raise MetarlError(
+            f"the adapted parameters are not all finite (NaN or infinite in {', '.join(bad)}): nothing exported; "
+            "try fewer --steps or another --checkpoint"
+        )
     model = to_sb3_ppo(policy, params, env)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model.save(path)
-    return path if path.suffix == ".zip" else path.with_name(path.name + ".zip")
+    out = path if path.suffix == ".zip" else path.with_name(path.name + ".zip")
+    buffer = io.BytesIO()
+    model.save(buffer)
+    atomic_write(out, buffer.getvalue())  # an interrupted export leaves no half-written zip
+    return out

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from metarl.errors import ConfigError
+from metarl.errors import ConfigError, short_repr
 
 
 @dataclass(frozen=True)
@@ -58,10 +58,35 @@ UNIT_INTERVAL = Check(lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 
 OPEN_UNIT_INTERVAL = Check(lambda v: _is_number(v) and 0 < v < 1, "a number strictly between 0 and 1", as_float=True)
 FRACTION = Check(lambda v: _is_number(v) and 0 < v <= 1, "a fraction in (0, 1]", as_float=True)
 BOOLEAN = Check(lambda v: isinstance(v, bool), "true or false")
+#: the widest layer and the most layers a list of sizes (`hidden_sizes`) may give
+MAX_WIDTH, MAX_LAYERS = 65_536, 64
 POSITIVE_INTS = Check(
-    lambda v: isinstance(v, (list, tuple)) and all(_is_int(h) and h > 0 for h in v),
-    "a list of positive integers, e.g. [64, 64]",
+    lambda v: isinstance(v, (list, tuple))
+    and len(v) <= MAX_LAYERS
+    and all(_is_int(h) and 0 < h <= MAX_WIDTH for h in v),
+    f"a list of at most {MAX_LAYERS} positive integers up to {MAX_WIDTH}, e.g. [64, 64]",
 )
+
+
+def positive_int(maximum: int) -> Check:
+    """An integer from 1 to `maximum`: a count that must fit what can run."""
+    return Check(lambda v: _is_int(v) and 0 < v <= maximum, f"a positive integer up to {maximum}")
+
+
+def non_negative_int(maximum: int, allowed: str | None = None) -> Check:
+    """An integer from 0 to `maximum`."""
+    return Check(lambda v: _is_int(v) and 0 <= v <= maximum, allowed or f"a non-negative integer up to {maximum}")
+
+
+#: the largest counts a run may ask for (the memory of one meta-batch is checked too, `metarl.build`)
+MAX_TASKS = 100_000  # tasks of a meta-batch, of validation, of an evaluation
+MAX_EPISODES = 100_000  # episodes per task and step
+MAX_HORIZON = 1_000_000
+MAX_INNER_STEPS = 1_000
+MAX_ITERATIONS = 1_000_000_000
+
+#: seeds as torch.manual_seed and numpy take them: [0, 2**63)
+SEED = non_negative_int(2**63 - 1, "a non-negative integer below 2**63")
 
 
 def one_of(*choices: Any) -> Check:
@@ -162,7 +187,9 @@ def resolve_kwargs(
             try:
                 resolved[key] = hyper[key].check(value)
             except ValueError as exc:
-                raise ConfigError(f"{what}: bad value {value!r} for key {key!r}: expected {exc}") from None
+                raise ConfigError(
+                    f"{what}: bad value {short_repr(value)} for key {short_repr(key)}: expected {exc}"
+                ) from None
         elif key in signature or (open_ended and not getattr(cls, "takes_declared_keys_only", False)):
             resolved[key] = value
         else:
@@ -170,8 +197,10 @@ def resolve_kwargs(
             close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             owner = elsewhere(key) if elsewhere is not None else None
-            belongs = f" ({key!r} is a key of {owner})" if owner else ""
-            raise ConfigError(f"{what} has no key {key!r}{belongs}.{hint} Its keys: {', '.join(known) or 'none'}")
+            belongs = f" ({short_repr(key)} is a key of {owner})" if owner else ""
+            raise ConfigError(
+                f"{what} has no key {short_repr(key)}{belongs}.{hint} Its keys: {', '.join(known) or 'none'}"
+            )
     return resolved
 
 
@@ -184,6 +213,7 @@ def configure(obj: Any, kwargs: Mapping[str, Any], what: str) -> None:
     hyper = declared(type(obj))
     unknown = sorted(set(kwargs) - set(hyper))
     if unknown:
-        raise ConfigError(f"{what} has no key {unknown[0]!r}. Its keys: {', '.join(sorted(hyper)) or 'none'}")
+        keys = ", ".join(sorted(hyper)) or "none"
+        raise ConfigError(f"{what} has no key {short_repr(unknown[0])}. Its keys: {keys}")
     for name, value in resolve_kwargs(type(obj), kwargs, what).items():
         setattr(obj, name, value)

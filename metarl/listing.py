@@ -10,6 +10,7 @@ import torch
 from metarl import pretrained, registry
 from metarl.checkpoint import best_checkpoint_path
 from metarl.config import key_docs, load_yaml
+from metarl.errors import short_repr
 from metarl.hyperparameters import component_keys
 
 
@@ -29,12 +30,14 @@ def _list_components(groups: list[str], verbose: bool) -> None:
     for name in groups:
         print(f"{name}:")
         rows = registry.REGISTRIES[name].status()
-        width = max((len(r.name) for r in rows), default=0)
-        for row in rows:
+        # a refused name (not a safe path segment) is shown quoted and bounded, never as raw text
+        labels = [r.name if registry.name_problem(r.name) is None else short_repr(r.name, 80) for r in rows]
+        width = max((len(label) for label in labels), default=0)
+        for row, label in zip(rows, labels):
             state = "ok" if row.error is None else f"broken: {row.error}"
-            print(f"  {row.name:<{width}}  {row.package} {row.version}  {state}")
+            print(f"  {label:<{width}}  {row.package} {row.version}  {state}")
             if verbose and row.error is None:
-                print(_format_keys(_component_keys(name, row.name), indent="      "))
+                print(_format_keys(component_key_rows(name, row.name), indent="      "))
         if not rows:
             print("  (none)")
 
@@ -53,7 +56,8 @@ def _list_pretrained() -> None:
         print("  (none)")
 
 
-def _component_keys(group: str, name: str) -> list[tuple[str, Any, str, str]]:
+def component_key_rows(group: str, name: str) -> list[tuple[str, Any, str, str]]:
+    """(key, default, allowed, doc) of each key of component `name` in registry `group`."""
     reg = registry.REGISTRIES[group]
     keys = component_keys(reg.load(name), reg.positional).values()
     return [(k.name, "required" if k.default is inspect.Parameter.empty else k.default, k.allowed, k.doc) for k in keys]

@@ -5,12 +5,18 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from metarl.checkpoint import atomic_write
+from metarl.loggers.progress import PROGRESS_FILE
 from metarl.metrics import ENV_STEPS, RETURN_AFTER, RETURN_BEFORE
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-def new_figure():
+
+def new_figure() -> ModuleType:
     """matplotlib's pyplot on the headless Agg backend."""
     import matplotlib
 
@@ -20,7 +26,7 @@ def new_figure():
     return plt
 
 
-def save_figure(fig, path: Path) -> None:
+def save_figure(fig: Figure, path: Path) -> None:
     """Write `fig` as a PNG at `path`, atomically."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
@@ -47,7 +53,7 @@ def plot_adaptation_curves(curves: dict[str, list[dict[str, float]]], title: str
 
 def read_progress(run_dir: Path) -> dict[str, list[float]]:
     """The columns of a run's progress.csv as floats."""
-    with (run_dir / "progress.csv").open(newline="") as f:
+    with (run_dir / PROGRESS_FILE).open(newline="") as f:
         rows = list(csv.DictReader(f))
     return {key: [float(r[key]) if r[key] not in ("", None) else float("nan") for r in rows] for key in rows[0]}
 

@@ -15,20 +15,21 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
 from torch import nn
 
 from metarl.algos.held_out import AdaptationResult, evaluate_adaptation, held_out_rng
-from metarl.checkpoint import atomic_write
+from metarl.checkpoint import write_json
 from metarl.errors import MetarlError
 from metarl.export import from_sb3_ppo, sb3_policy_kwargs
 from metarl.tasks import TaskDistribution
 
 if TYPE_CHECKING:
     from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
 
     from metarl.trainer import Trainer
 
@@ -48,13 +49,13 @@ class TaskResamplingEnv(gym.Env):
     def _new_env(self) -> gym.Env:
         return self.family.make_env(self.family.sample_tasks(1, self.rng)[0])
 
-    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Any, dict]:
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         super().reset(seed=seed)
         self.env.close()
         self.env = self._new_env()
         return self.env.reset(seed=int(self.np_random.integers(2**31 - 1)), options=options)
 
-    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         return self.env.step(action)
 
     def close(self) -> None:
@@ -88,7 +89,9 @@ def pretrain_ppo(family: TaskDistribution, policy: nn.Module, horizon: int, step
     return model.learn(total_timesteps=steps)
 
 
-def _episode_callback():
+def _episode_callback() -> tuple[BaseCallback, list[int], list[float]]:
+    """A callback recording every finished episode, and its lists: env steps so far at the episode's
+    end, and its return (from the Monitor wrapper's `info`)."""
     from stable_baselines3.common.callbacks import BaseCallback
 
     class EpisodeReturns(BaseCallback):
@@ -106,7 +109,8 @@ def _episode_callback():
                     self.returns.append(float(info["episode"]["r"]))
             return True
 
-    return EpisodeReturns()
+    callback = EpisodeReturns()
+    return callback, callback.steps, callback.returns
 
 
 @dataclass
@@ -122,10 +126,10 @@ def train_from_scratch(
     family: TaskDistribution, task: dict[str, Any], policy: nn.Module, horizon: int, steps: int, gamma: float, seed: int
 ) -> LearningCurve:
     """PPO from scratch on one task for `steps` env steps, recording every episode's return."""
-    callback = _episode_callback()
+    callback, episode_steps, episode_returns = _episode_callback()
     model = _ppo(policy, lambda: gym.wrappers.TimeLimit(family.make_env(task), horizon), steps, gamma, seed)
     model.learn(total_timesteps=steps, callback=callback)
-    return LearningCurve(task, np.asarray(callback.steps, dtype=np.int64), np.asarray(callback.returns))
+    return LearningCurve(task, np.asarray(episode_steps, dtype=np.int64), np.asarray(episode_returns))
 
 
 def running_mean(values: np.ndarray, window: int) -> np.ndarray:
@@ -261,18 +265,20 @@ def evaluate_baselines(
         paths.append(png)
     if "scratch" in kinds:
         n = min(scratch_tasks, len(result.tasks))
-        curves = [
+        learning_curves = [
             train_from_scratch(family, task, policy, horizon, ppo_steps, config.gamma, seed + i)
             for i, task in enumerate(result.tasks[:n])
         ]
         meta_steps = inner_steps * episodes * horizon
-        document["scratch"] = _scratch_document(curves, result.returns[:n, -1], episodes, meta_steps, ppo_steps)
+        document["scratch"] = _scratch_document(
+            learning_curves, result.returns[:n, -1], episodes, meta_steps, ppo_steps
+        )
         png = run_dir / "scratch_ppo_curve.png"
         plot_scratch_curves(document["scratch"], inner_steps, f"{config.env}: PPO from scratch on {n} tasks", png)
         paths.append(png)
     evaluation = json.loads(json_path.read_text())
     evaluation["baselines"] = document
-    atomic_write(json_path, json.dumps(evaluation, indent=2).encode())
+    write_json(json_path, evaluation)
     return document, [*paths, json_path]
 
 

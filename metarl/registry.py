@@ -1,4 +1,5 @@
-"""Task families, policies and regularizers by name, found through `importlib.metadata` entry points.
+"""Task families, policies, regularizers, meta-learners and loggers by name, found through
+`importlib.metadata` entry points.
 
 Entry points are read on the first lookup of a group, and a plugin module is imported only when its
 name is looked up. The built-in plugins are declared in metarl's own `pyproject.toml` the same way a
@@ -9,15 +10,29 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-from metarl.errors import PluginError, UnknownNameError
+from metarl.errors import PluginError, UnknownNameError, short_repr
 
 AUTOLOAD_ENV_VAR = "METARL_DISABLE_PLUGIN_AUTOLOAD"
 BUILTIN_DISTRIBUTION = "metarl"
+#: a component name is one safe path segment: env and regularizer names become parts of run and sweep
+#: directory names, so `../../x` or `a/b` would write outside `--logdir`
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+
+
+def name_problem(name: object) -> str | None:
+    """Why `name` cannot name a component (None when it can): it must be one safe path segment."""
+    if isinstance(name, str) and NAME_PATTERN.fullmatch(name) and ".." not in name:
+        return None
+    return (
+        f"name {short_repr(name, 80)} is not one safe path segment (a letter or digit, then letters, digits, "
+        "'.', '_', '+' or '-', at most 64 characters, no '..')"
+    )
 
 
 @dataclass(frozen=True)
@@ -30,6 +45,8 @@ class PluginSource:
     version: str
     entry_point: metadata.EntryPoint | None = None
     obj: Any = None
+    #: why the name is refused (`name_problem`); such a source is listed as broken and never imported
+    refused: str | None = None
 
 
 @dataclass(frozen=True)
@@ -68,7 +85,7 @@ class Registry:
                 if builtins_only and package != BUILTIN_DISTRIBUTION:
                     continue
                 version = dist.version if dist is not None else "?"
-                claim = PluginSource(ep.name, ep.value, package, version, entry_point=ep)
+                claim = PluginSource(ep.name, ep.value, package, version, entry_point=ep, refused=name_problem(ep.name))
                 sources.setdefault(ep.name, []).append(claim)
             self._sources = sources
         return self._sources
@@ -83,6 +100,9 @@ class Registry:
 
         Replacing a name that an installed package provides needs `override=True`.
         """
+        problem = name_problem(name)
+        if problem is not None:
+            raise PluginError(f"cannot register {self.kind} {short_repr(name, 80)}: its {problem}")
         if name in self._discover() and not override:
             owners = " and ".join(c.package for c in self._discover()[name])
             raise PluginError(f"{self.kind} name {name!r} is already provided by {owners}; pass override=True")
@@ -98,24 +118,30 @@ class Registry:
     def _source(self, name: str) -> PluginSource:
         sources = self._discover()
         if name not in sources:
-            known = sorted(sources)
+            known = sorted(n for n, claims in sources.items() if claims[0].refused is None)
             close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise UnknownNameError(
-                f"unknown {self.kind} {name!r}.{hint} Known {self.plural}: {', '.join(known) or 'none'}"
+                f"unknown {self.kind} {short_repr(name, 80)}.{hint} Known {self.plural}: {', '.join(known) or 'none'}"
             )
         claims = sources[name]
         if len(claims) > 1:
             packages = " and ".join(f"{c.package} ({c.target})" for c in claims)
-            raise PluginError(f"{self.kind} name {name!r} is claimed more than once: {packages}")
+            raise PluginError(f"{self.kind} name {short_repr(name, 80)} is claimed more than once: {packages}")
         return claims[0]
+
+    def package_of(self, name: str) -> str:
+        """The distribution that provides `name` (`<runtime>` for a `register`ed one)."""
+        return self._source(name).package
 
     def load(self, name: str) -> Any:
         """The class registered under `name`; raises a one-line error if unknown or broken."""
         if name in self._loaded:
             return self._loaded[name]
         source = self._source(name)
-        where = f"{self.kind} {name!r} (entry point {source.target!r} of package {source.package})"
+        where = f"{self.kind} {short_repr(name, 80)} (entry point {source.target!r} of package {source.package})"
+        if source.refused is not None:
+            raise PluginError(f"{where} is refused: its {source.refused}")
         try:
             obj = source.entry_point.load() if source.entry_point is not None else source.obj
         except (Exception, SystemExit) as exc:  # any import-time failure of a plugin is the plugin's fault
@@ -139,6 +165,20 @@ class Registry:
             first = claims[0]
             rows.append(PluginStatus(name, first.package, first.version, first.target, error))
         return rows
+
+
+def distribution_of(obj: Any) -> str:
+    """The installed distribution that provides `obj`'s class (or `obj`, a class): the one whose
+    entry point names its module, else the one whose files hold its top-level package."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    module = cls.__module__
+    for reg in REGISTRIES.values():
+        for claims in reg._discover().values():
+            for claim in claims:
+                if claim.target.partition(":")[0] == module:
+                    return claim.package
+    names = metadata.packages_distributions().get(module.split(".")[0], [])
+    return names[0] if names else f"module {module}"
 
 
 def _check_subclass(base_path: str) -> Callable[[Any], None]:
@@ -171,9 +211,18 @@ algorithms = Registry(
     ("policy", "family", "config", "regularizers", "device"),
 )
 
+
+def _check_logger(obj: Any) -> None:
+    if not (isinstance(obj, type) and callable(getattr(obj, "log", None)) and callable(getattr(obj, "close", None))):
+        raise TypeError(f"expected a class with log(step, scalars) and close() methods, got {obj!r}")
+
+
+loggers = Registry("logger", "loggers", "metarl.loggers", _check_logger, ("run_dir", "config"))
+
 REGISTRIES: dict[str, Registry] = {
     "envs": envs,
     "policies": policies,
     "regularizers": regularizers,
     "algorithms": algorithms,
+    "loggers": loggers,
 }

@@ -9,20 +9,22 @@ in the choice.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from metarl.errors import MetarlError
+from metarl.errors import MetarlError, short_repr
+from metarl.hyperparameters import MAX_ITERATIONS
 
 if TYPE_CHECKING:
     from metarl.algos.held_out import AdaptationResult
@@ -87,7 +89,7 @@ class Validation:
         return header, [[w, m, s, *r] for w, m, s, r in zip(self.weights, self.means, self.stds, self.returns)]
 
 
-def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_sweep_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Add the `sweep` command to the CLI's subparsers."""
     sweep = subparsers.add_parser("sweep", help="train one run per regularizer weight and seed, choose the weight")
     sweep.add_argument("--env", required=True, help="task family (see `metarl list envs`)")
@@ -102,18 +104,21 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     return sweep
 
 
-def parse_list(text: str, parse: type, what: str) -> list:
+Number = TypeVar("Number", int, float)
+
+
+def parse_list(text: str, parse: type[Number], what: str) -> list[Number]:
     """A comma-separated list of distinct values, sorted."""
     try:
         values = [parse(item) for item in text.split(",") if item.strip()]
     except ValueError:
-        raise MetarlError(f"{what} must be comma-separated {parse.__name__} values, got {text!r}") from None
+        raise MetarlError(f"{what} must be comma-separated {parse.__name__} values, got {short_repr(text)}") from None
     if not values:
         raise MetarlError(f"{what} is empty")
     if len(set(values)) != len(values):
-        raise MetarlError(f"{what} lists a value twice: {text!r}")
-    if not all(math.isfinite(v) for v in values):
-        raise MetarlError(f"{what} must be finite, got {text!r}")
+        raise MetarlError(f"{what} lists a value twice: {short_repr(text)}")
+    if not all(math.isfinite(v) for v in values if isinstance(v, float)):  # (a huge int overflows isfinite)
+        raise MetarlError(f"{what} must be finite, got {short_repr(text)}")
     return sorted(values)
 
 
@@ -124,13 +129,13 @@ def _check_args(args: argparse.Namespace) -> tuple[list[float], list[int], int]:
 
     weights = parse_list(args.weights, float, "--weights")
     seeds = parse_list(args.seeds, int, "--seeds")
-    if any(s < 0 for s in seeds):
-        raise MetarlError(f"--seeds must be non-negative, got {args.seeds!r}")
+    if any(not 0 <= s < 2**63 for s in seeds):
+        raise MetarlError(f"--seeds must be non-negative integers below 2**63, got {short_repr(args.seeds)}")
     jobs = (os.cpu_count() or 1) if args.jobs is None else args.jobs
     if jobs <= 0:
         raise MetarlError(f"--jobs must be a positive integer, got {jobs}")
-    if args.iterations is not None and args.iterations <= 0:
-        raise MetarlError(f"--iterations must be a positive integer, got {args.iterations}")
+    if args.iterations is not None and not 0 < args.iterations <= MAX_ITERATIONS:
+        raise MetarlError(f"--iterations must be a positive integer up to {MAX_ITERATIONS}, got {args.iterations}")
     overrides = parse_set(args.set)
     for key, flag in RESERVED_KEYS.items():
         if key in overrides:
@@ -168,13 +173,47 @@ def _error_line(log: Path) -> str:
     return (errors or lines or ["(no output)"])[-1]
 
 
-def _train_one(command: list[str], run: SweepRun, env: dict[str, str]) -> str | None:
+class _Children:
+    """The training processes running, so that Ctrl-C stops them too (each after its iteration, with a
+    checkpoint) instead of leaving them to train on unseen."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen[bytes]] = set()
+        self._stopped = False
+
+    def run(self, command: list[str], **kwargs: Any) -> int | None:
+        """The child's exit code, or None when the sweep was interrupted before it started."""
+        with self._lock:
+            if self._stopped:
+                return None
+            process = subprocess.Popen(command, **kwargs)
+            self._running.add(process)
+        try:
+            return process.wait()
+        finally:
+            with self._lock:
+                self._running.discard(process)
+
+    def interrupt(self) -> None:
+        with self._lock:
+            self._stopped = True
+            for process in self._running:
+                process.send_signal(signal.SIGINT)
+
+
+def _train_one(
+    command: list[str], run: SweepRun, env: dict[str, str], children: _Children | None = None
+) -> str | None:
     """Run one child to completion (output in `logdir/train.log`); None, or what went wrong."""
+    children = children or _Children()
     run.logdir.mkdir(parents=True)
     log = run.logdir / "train.log"
     start = time.perf_counter()
     with log.open("w") as out:
-        returncode = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+        returncode = children.run(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    if returncode is None:
+        return f"run {run.label} was not started: the sweep was interrupted"
     if returncode != 0:
         return f"run {run.label} failed (exit code {returncode}): {_error_line(log)} (log: {log})"
     print(f"sweep: {run.label} trained in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
@@ -186,16 +225,20 @@ def train_runs(args: argparse.Namespace, runs: list[SweepRun], jobs: int) -> Non
     env = dict(os.environ)
     # `jobs` processes share the cores: without a limit each torch would start one thread per core
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+    children = _Children()
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(_train_one, _train_command(args, run), run, env) for run in runs]
+        futures = [pool.submit(_train_one, _train_command(args, run), run, env, children) for run in runs]
         try:
             for future in as_completed(futures):
                 if future.result() is not None:
                     break  # start no further run; those running finish
+        except KeyboardInterrupt:
+            children.interrupt()  # the running children stop after their iteration; the pool waits for them
+            raise
         finally:
             for future in futures:
                 future.cancel()
-    failures = [f.result() for f in futures if not f.cancelled() and f.result() is not None]
+    failures = [failure for f in futures if not f.cancelled() and (failure := f.result()) is not None]
     if failures:
         raise MetarlError("sweep stopped: " + "\n".join(failures))
 
@@ -282,7 +325,7 @@ def _print_validation(validation: Validation, num_tasks: int) -> None:
 
 def run_sweep(args: argparse.Namespace) -> int:
     """`metarl sweep`: train, validate, choose β, test; every output goes into a new sweep directory."""
-    from metarl.checkpoint import atomic_write, write_csv
+    from metarl.checkpoint import write_csv, write_json
 
     weights, seeds, jobs = _check_args(args)
     sweep_dir = _new_sweep_dir(args.logdir, args.env, args.regularizer)
@@ -313,7 +356,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         "test": {"tasks": num_tasks, "mean_return_after_adaptation": test_mean, "runs": tested},
         "run_dirs": {run.label: str(t.run_dir) for run, t in trainers.items()},
     }
-    atomic_write(sweep_dir / "sweep.json", json.dumps(summary, indent=2).encode())
+    write_json(sweep_dir / "sweep.json", summary)
     print(f"chosen β = {chosen:g}: mean test return after adaptation {test_mean:.2f}, {num_tasks} tasks")
     print("wrote " + ", ".join(str(sweep_dir / name) for name in OUTPUTS))
     return 0

@@ -61,7 +61,7 @@ class TaskDistribution:
         return yaml.safe_load(text) or {}
 
 
-def observation_dim(space: gym.Space) -> int:
+def observation_dim(space: gym.Space[Any]) -> int:
     """Flat size of an observation as the sampler delivers it (Discrete is one-hot)."""
     if isinstance(space, gym.spaces.Discrete):
         return int(space.n)
@@ -77,8 +77,8 @@ class VectorTaskEnv:
     that is done is ignored by the sampler afterwards, whatever the env returns for it.
     """
 
-    observation_space: gym.Space
-    action_space: gym.Space
+    observation_space: gym.Space[Any]
+    action_space: gym.Space[Any]
     num_tasks: int
     episodes_per_task: int
     device: torch.device
@@ -98,13 +98,13 @@ class VectorTaskEnv:
         """Release resources (nothing by default)."""
 
 
-def check_spaces(observation_space: gym.Space, action_space: gym.Space, where: str) -> None:
+def check_spaces(observation_space: gym.Space[Any], action_space: gym.Space[Any], where: str) -> None:
     """Raise a PluginError unless both spaces are Box or Discrete."""
     for role, space in (("observation", observation_space), ("action", action_space)):
         if not isinstance(space, (gym.spaces.Box, gym.spaces.Discrete)):
             raise PluginError(f"{where}: unsupported {role} space {space!r}; metarl supports Box and Discrete")
 
 
-def space_signature(space: gym.Space) -> tuple:
+def space_signature(space: gym.Space[Any]) -> tuple[str, int | tuple[int, ...] | None]:
     """What a policy depends on in a Box or Discrete space: its kind and shape (Box bounds may differ)."""
     return (type(space).__name__, int(space.n)) if isinstance(space, gym.spaces.Discrete) else ("Box", space.shape)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import random
+import sys
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,7 @@ import numpy as np
 import torch
 import yaml
 
-from metarl import __version__, distributed
+from metarl import __version__, distributed, registry
 from metarl.algos.held_out import VALIDATION_STREAM, AdaptationResult, held_out_rng
 from metarl.allocator import keep_freed_memory
 from metarl.build import build_run, make_family, probe_spaces
@@ -26,12 +29,23 @@ from metarl.checkpoint import (
     save_checkpoint,
 )
 from metarl.config import Config, build_config, load_yaml
-from metarl.errors import ConfigError, MetarlError
-from metarl.logging import RunLogger
-from metarl.metrics import NON_FINITE, SUMMARY, VALIDATION_RETURN, WALL_TIME_S
+from metarl.errors import (
+    DISK_ERRNOS,
+    ConfigError,
+    MetarlError,
+    PluginError,
+    first_line,
+    os_error_message,
+    short_repr,
+)
+from metarl.loggers import RunLoggers
+from metarl.metrics import NON_FINITE, VALIDATION_RETURN, WALL_TIME_S
+from metarl.run_lock import RunLock
 from metarl.tasks import space_signature
 
 CONFIG_FILE = "config.yaml"
+#: run-level keys that `--resume` may change; the others would make the run a different experiment
+RESUMABLE_KEYS = ("iterations", "checkpoint_every", "eval_every", "max_nonfinite_updates", "loggers", "logger_kwargs")
 
 
 def seed_rank(seed: int, iteration: int) -> None:
@@ -85,6 +99,20 @@ class Trainer:
         self.best_validation = -math.inf
         #: set (e.g. by a signal handler) to stop after the iteration in progress
         self.stop_requested = False
+        self._lock: RunLock | None = None
+
+    def hold_run_dir(self, warn: Callable[[str], None] | None = None) -> None:
+        """Take the run directory's lock (one writer per run; `train` takes it too). Held until
+        `release_run_dir` or the process ends, however it ends."""
+        assert self.run_dir is not None
+        if self._lock is None or self._lock.path.parent != self.run_dir:
+            self._lock = RunLock(self.run_dir)
+        self._lock.acquire(warn)
+
+    def release_run_dir(self) -> None:
+        """Let another process write this run directory."""
+        if self._lock is not None:
+            self._lock.release()
 
     def use_family(self, name: str, env_kwargs: dict[str, Any]) -> None:
         """Adapt and evaluate on tasks of family `name` from now on (e.g. a benchmark's test split).
@@ -108,6 +136,7 @@ class Trainer:
         if not distributed.is_main():
             return None
         self.run_dir = new_run_dir(Path(logdir), self.config)
+        self.hold_run_dir()
         self.write_config()
         return self.run_dir
 
@@ -189,15 +218,21 @@ class Trainer:
     ) -> list[dict[str, float]]:
         """Run meta-iterations until `iterations` are done or a stop is requested.
 
-        Logs and checkpoints when a run directory is set; validates in rank 0 (or the only process).
-        Updates refused for non-finite values are counted; `max_nonfinite_updates` in a row stop the
-        run with a MetarlError. Across processes, θ starts from rank 0's, and a stop asked of any
-        rank stops all of them after the iteration.
+        With a run directory (rank 0): holds its lock, logs to the loggers the config names and writes
+        checkpoints; validates in rank 0 (or the only process). Updates refused for non-finite values
+        are counted; `max_nonfinite_updates` in a row stop the run with a MetarlError. A run that fails
+        (a plugin raising mid-run, a full disk) first writes the checkpoint of its last completed
+        iteration if it has none, and a plugin's exception becomes a PluginError naming it. Across
+        processes, θ starts from rank 0's, and a stop asked of any rank stops all of them after the
+        iteration.
         """
-        logger = RunLogger(self.run_dir, self.config.to_dict(), SUMMARY, self.iteration) if self.run_dir else None
+        if self.run_dir is not None:
+            self.hold_run_dir()
+        logger = RunLoggers(self.run_dir, self.config.to_dict(), self.iteration) if self.run_dir else None
         history, start, refused_in_a_row = [], time.perf_counter(), 0
-        distributed.broadcast_module(self.policy)
+        unsaved: dict[str, Any] | None = None  # the last completed iteration's state, if not checkpointed
         try:
+            distributed.broadcast_module(self.policy)
             while self.iteration < iterations and not distributed.any_rank(self.stop_requested):
                 seed_rank(self.config.seed, self.iteration)
                 metrics = self.learner.step(self.rng)
@@ -215,10 +250,12 @@ class Trainer:
                 if logger is not None:
                     logger.log(self.iteration, metrics)
                     every = self.config.checkpoint_every
-                    if (every and self.iteration % every == 0) or self.iteration == iterations:
+                    due = bool(every and self.iteration % every == 0) or self.iteration == iterations
+                    if due:
                         self.save()
                     if improved:
                         save_checkpoint(best_checkpoint_path(self.run_dir), self.iteration, self.state())
+                    unsaved = None if due else copy.deepcopy(self.state() | {"iteration": self.iteration})
                 if on_iteration is not None:
                     on_iteration(self.iteration, metrics)
                 if refused_in_a_row >= self.config.max_nonfinite_updates:
@@ -226,10 +263,69 @@ class Trainer:
                         f"stopped at iteration {self.iteration}: {refused_in_a_row} updates in a row were refused "
                         "because returns, advantages, gradients or the step were NaN or infinite"
                     )
+        except Exception as exc:
+            explained = self._explained(exc, self._save_on_the_way_out(unsaved))
+            if explained is exc:
+                raise
+            raise explained from exc
         finally:
             if logger is not None:
                 logger.close()
         return history
+
+    def _save_on_the_way_out(self, unsaved: dict[str, Any] | None) -> Path | None:
+        """Write the checkpoint of the last completed iteration if it has none (rank 0); None if not written."""
+        if self.run_dir is None or unsaved is None:
+            return None
+        iteration = int(unsaved.pop("iteration"))
+        try:
+            return save_checkpoint(checkpoint_path(self.run_dir, iteration), iteration, unsaved)
+        except OSError:
+            return None  # the disk that failed the run fails this too; the older checkpoints stand
+
+    def _explained(self, exc: Exception, saved: Path | None) -> Exception:
+        """The error to raise for `exc`: one line for a full disk or a plugin's exception (naming it),
+        `exc` itself for metarl's own errors and bugs. Says how to continue when a checkpoint exists."""
+        resume = f"; resume with: metarl train --resume {self.run_dir}" if self.run_dir is not None else ""
+        written = f"; checkpoint of iteration {self.iteration} written" if saved is not None else ""
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+            where = exc.filename if exc.filename is not None else self.run_dir
+            return MetarlError(f"{os_error_message(exc, where)}{written}; free space, then{resume.lstrip(';')}")
+        if isinstance(exc, MetarlError):
+            return type(exc)(f"{exc}{written}{resume}") if written else exc
+        culprit = self._plugin_in_traceback(exc)
+        if culprit is None:
+            if written:
+                print(f"metarl: checkpoint of iteration {self.iteration} written{resume}", file=sys.stderr)
+            return exc
+        return PluginError(
+            f"{culprit} failed at iteration {self.iteration + 1}: {type(exc).__name__}: {first_line(exc)}"
+            f"{written}{resume if written else ''}"
+        )
+
+    def _plugin_in_traceback(self, exc: Exception) -> str | None:
+        """`KIND 'NAME' (package P)` of the innermost frame of `exc`'s traceback that runs a third-party
+        component of this run (family, policy, regularizer, learner), or None."""
+        config = self.config
+        components: list[tuple[registry.Registry, str, Any]] = [
+            (registry.envs, config.env, self.family),
+            (registry.policies, config.policy or "", self.policy),
+            (registry.algorithms, config.algo, self.learner),
+            *(
+                (registry.regularizers, name, reg)
+                for name, (reg, _) in getattr(self.learner, "regularizers", {}).items()
+            ),
+        ]
+        owners: dict[str, str] = {}
+        for reg, name, obj in components:
+            package = reg.package_of(name) if name in reg.names() else registry.distribution_of(obj)
+            if package != registry.BUILTIN_DISTRIBUTION:
+                owners[type(obj).__module__.split(".")[0]] = f"{reg.kind} {name!r} (package {package})"
+        for frame, _ in reversed(list(traceback.walk_tb(exc.__traceback__))):
+            module = str(frame.f_globals.get("__name__", ""))
+            if module.split(".")[0] in owners:
+                return owners[module.split(".")[0]]
+        return None
 
 
 def load_run_config(run_dir: Path) -> Config:
@@ -249,10 +345,47 @@ def trainer_from_run(run_dir: Path, state: dict[str, Any]) -> Trainer:
     return trainer
 
 
-def resume_trainer(run_dir: Path, warn: Callable[[str], None]) -> Trainer:
-    """A trainer continuing `run_dir` from its newest readable checkpoint."""
+def resume_trainer(
+    run_dir: Path,
+    warn: Callable[[str], None],
+    layers: Sequence[Mapping[str, Any]] = (),
+    origins: Sequence[str] = (),
+) -> Trainer:
+    """A trainer continuing `run_dir` from its newest readable checkpoint, holding its lock.
+
+    `layers` (the command line's config layers) may change the keys in `RESUMABLE_KEYS`; a layer
+    that changes any other key is refused in one line, before anything is written.
+    """
     load_run_config(run_dir)  # a folder that is not a run fails here, before looking for checkpoints
+    lock = RunLock(run_dir) if distributed.is_main() else None
+    if lock is not None:
+        lock.acquire(warn)  # before the checkpoint is read: a second writer is refused first
     trainer = trainer_from_run(run_dir, load_newest_checkpoint(run_dir, warn))
+    trainer._lock = lock
+    changes = resume_changes(trainer.config, layers, origins)
+    if changes:
+        trainer.config = trainer.config.replace(**changes)
     if trainer.run_dir is not None and load_yaml(run_dir / CONFIG_FILE) != trainer.config.to_dict():
-        trainer.write_config()  # an older run's config.yaml, migrated to this version's form
+        trainer.write_config()  # new resumable keys, or an older run's config.yaml migrated to this version's form
     return trainer
+
+
+def resume_changes(config: Config, layers: Sequence[Mapping[str, Any]], origins: Sequence[str]) -> dict[str, Any]:
+    """The run-level keys `layers` change in a run's resolved `config`; only `RESUMABLE_KEYS` may change."""
+    if not any(layers):
+        return {}
+    from metarl.build import resolve_logger_kwargs
+
+    merged = build_config(config.to_dict(), *layers, origins=[CONFIG_FILE, *origins]).to_dict()
+    merged["logger_kwargs"] = {k: v for k, v in merged["logger_kwargs"].items() if k in merged["loggers"]}
+    merged["logger_kwargs"] = resolve_logger_kwargs(merged["loggers"], merged["logger_kwargs"])
+    old = config.to_dict()
+    changed = {key: value for key, value in merged.items() if value != old[key]}
+    refused = [key for key in changed if key not in RESUMABLE_KEYS]
+    if refused:
+        key = refused[0]
+        raise ConfigError(
+            f"config key {key!r} cannot change when a run resumes (the run has {short_repr(old[key])}, "
+            f"asked {short_repr(merged[key])}); on resume only these may change: {', '.join(RESUMABLE_KEYS)}"
+        )
+    return changed

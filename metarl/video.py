@@ -34,11 +34,13 @@ HEADER = 20  # pixels of the label row above the panels
 FPS = 20
 
 Capture = Callable[[gym.Env, Any], Any]
-Episode = Callable[[gym.Env, Params, Capture], list]
+Episode = Callable[[gym.Env, Params, Capture], list[Any]]
 Frames = list[np.ndarray]
 
 
-def _rollout(env: gym.Env, policy: nn.Module, params: Params, horizon: int, seed: int, capture: Capture) -> list:
+def _rollout(
+    env: gym.Env, policy: nn.Module, params: Params, horizon: int, seed: int, capture: Capture
+) -> list[Any]:
     """One episode with the policy's mode action; `capture(env, obs)` after the reset and every step."""
     device = next(iter(params.values())).device
     obs, _ = env.reset(seed=seed)
@@ -46,11 +48,12 @@ def _rollout(env: gym.Env, policy: nn.Module, params: Params, horizon: int, seed
     for _ in range(horizon):
         with torch.no_grad():
             flat = torch.as_tensor(np.asarray(obs, dtype=np.float32).reshape(-1), device=device)
-            action = distribution(policy, params, flat).mode.cpu().numpy()
+            mode = distribution(policy, params, flat).mode.cpu().numpy()
+        action: np.ndarray | int
         if isinstance(env.action_space, gym.spaces.Box):
-            action = np.clip(action.reshape(env.action_space.shape), env.action_space.low, env.action_space.high)
+            action = np.clip(mode.reshape(env.action_space.shape), env.action_space.low, env.action_space.high)
         else:
-            action = int(action)
+            action = int(mode)
         obs, _, terminated, truncated, _ = env.step(action)
         captured.append(capture(env, obs))
         if terminated or truncated:
@@ -60,13 +63,19 @@ def _rollout(env: gym.Env, policy: nn.Module, params: Params, horizon: int, seed
 
 def _render(env: gym.Env, obs: Any) -> np.ndarray:
     try:
-        return env.render()
+        frame = env.render()
     except Exception as exc:  # mujoco and PyOpenGL raise many types when no GL context can be made
         raise MetarlError(
             f"offscreen rendering failed with MUJOCO_GL={os.environ.get('MUJOCO_GL')}: "
             f"{type(exc).__name__}: {exc}. --video needs headless OpenGL for MuJoCo: install EGL (libegl1) or "
             "OSMesa (libosmesa6) and set MUJOCO_GL=egl or MUJOCO_GL=osmesa"
         ) from None
+    if not isinstance(frame, np.ndarray):
+        raise MetarlError(
+            f"--video: the env from `video_env` rendered {type(frame).__name__}, not an RGB array "
+            "(it needs render_mode='rgb_array')"
+        )
+    return frame
 
 
 def _episode_frames(family: TaskDistribution, task: dict[str, Any], episode: Episode, params: Params) -> Frames:
@@ -134,7 +143,7 @@ def write_adaptation_video(
         )
     initial = detach(dict(policy.named_parameters()))
 
-    def episode(env: gym.Env, params: Params, capture: Capture) -> list:
+    def episode(env: gym.Env, params: Params, capture: Capture) -> list[Any]:
         return _rollout(env, policy, params, horizon, seed, capture)
 
     tasks = result.tasks[:num_tasks]

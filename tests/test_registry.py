@@ -36,12 +36,18 @@ from metarl.sampling import GymVectorTaskEnv, make_vector_env, sample_episodes
 from metarl.sampling.advantages import compute_advantages
 
 EXAMPLE = "metarl-example"
-EXAMPLE_ENTRIES = {"envs": "point-reach", "policies": "tiny-gaussian", "regularizers": "adapted-entropy"}
+EXAMPLE_ENTRIES = {
+    "envs": "point-reach",
+    "policies": "tiny-gaussian",
+    "regularizers": "adapted-entropy",
+    "loggers": "jsonl",
+}
 BUILTINS = {
     "envs": ["navigation-2d", "bandit", "tabular-mdp"],
     "policies": ["gaussian-mlp", "categorical-mlp"],
     "regularizers": ["l2-anchor"],
     "algorithms": ["maml-trpo", "promp", "maml-vpg", "meta-sgd", "e-maml"],
+    "loggers": ["tensorboard", "csv", "wandb"],
 }
 BROKEN_CAUSE = "broken_plugin_mod cannot be imported"
 FAKE_MODULES = ("broken_plugin_mod", "broken_plugin_objs", "rival_plugin_mod")
@@ -70,6 +76,7 @@ def broken_plugin(tmp_path: Path) -> Path:
             "metarl.envs": {"broken-env": "broken_plugin_mod:Missing", "not-a-family": "broken_plugin_objs:NotAFamily"},
             "metarl.policies": {"broken-policy": "broken_plugin_mod:Missing"},
             "metarl.regularizers": {"broken-regularizer": "broken_plugin_mod:Missing"},
+            "metarl.loggers": {"broken-logger": "broken_plugin_mod:Missing"},
         },
         {
             "broken_plugin_mod": f"raise RuntimeError({BROKEN_CAUSE!r})\n",
@@ -288,7 +295,7 @@ def test_disable_autoload_keeps_only_metarl(
         assert {row.name for row in rows} >= set(BUILTINS[group])
         packages = {row.package for row in rows}
         if plugins_on:
-            # broken-plugin declares envs, policies and regularizers; nothing else claims algorithms
+            # broken-plugin declares envs, policies, regularizers and loggers; nothing else claims algorithms
             assert "broken-plugin" in packages or group == "algorithms"
         else:
             assert packages == {"metarl"} and all(row.error is None for row in rows)
@@ -326,7 +333,12 @@ def test_cli_list_shows_broken_plugins_and_exits_zero(example, broken_plugin: Pa
     assert EXAMPLE in plugin_row and metadata.version(EXAMPLE) in plugin_row and ok.search(plugin_row)
     builtin_row = row(BUILTINS[group][0])
     assert re.search(r"(?<![\w.-])metarl(?![\w.-])", builtin_row) and ok.search(builtin_row)
-    broken_name = {"envs": "broken-env", "policies": "broken-policy", "regularizers": "broken-regularizer"}[group]
+    broken_name = {
+        "envs": "broken-env",
+        "policies": "broken-policy",
+        "regularizers": "broken-regularizer",
+        "loggers": "broken-logger",
+    }[group]
     broken_row = row(broken_name)
     assert "broken-plugin" in broken_row and "0.1" in broken_row and "broken:" in broken_row
     assert BROKEN_CAUSE in broken_row

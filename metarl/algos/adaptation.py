@@ -16,7 +16,7 @@ from metarl.sampling.episodes import Episodes, masked_mean, step_weights
 def policy_gradient_loss(policy: nn.Module, params: Params, episodes: Episodes) -> torch.Tensor:
     """REINFORCE loss −mean(log π(a|s)·A) of each task with its own stacked parameters; shape [T]."""
     logp = log_probs(policy, params, episodes.observations, episodes.actions)
-    return -masked_mean(logp * episodes.advantages, episodes.mask)
+    return -masked_mean(logp * episodes.require_advantages(), episodes.mask)
 
 
 def likelihood_ratios(policy: nn.Module, params: Params, sampling: Params, episodes: Episodes) -> torch.Tensor:
@@ -36,7 +36,7 @@ def inner_losses(policy: nn.Module, params: Params, episodes: Episodes, sampling
     if sampling is None:
         return policy_gradient_loss(policy, params, episodes)
     ratio = likelihood_ratios(policy, params, sampling, episodes)
-    return -masked_mean(ratio * episodes.advantages, episodes.mask)
+    return -masked_mean(ratio * episodes.require_advantages(), episodes.mask)
 
 
 @dataclass
@@ -98,8 +98,8 @@ def inner_loop(
     """
     adapted, hessians = stacked, []
     for _ in range(num_steps):
-        grads = torch.autograd.grad(loss(adapted).sum(), list(adapted.values()), create_graph=not first_order)
-        grads = dict(zip(adapted, grads))
+        gradients = torch.autograd.grad(loss(adapted).sum(), list(adapted.values()), create_graph=not first_order)
+        grads = dict(zip(adapted, gradients))
         if not first_order:
             hessians.append(hessian(adapted, grads))
         adapted = {name: p - (lr[name] if isinstance(lr, dict) else lr) * grads[name] for name, p in adapted.items()}
@@ -123,11 +123,13 @@ def adapt_stacked(
     where `policy_gradient_hessian` has one for the policy.
     """
     loss = lambda p: inner_losses(policy, p, episodes, sampling)  # noqa: E731
-    weights = episodes.advantages * step_weights(episodes.mask)
+    weights = episodes.require_advantages() * step_weights(episodes.mask)
 
     def hessian(iterate: Params, grads: Params) -> HessianProduct:
+        coef = weights
+        if sampling is not None:  # LVC
+            coef = weights * likelihood_ratios(policy, iterate, sampling, episodes).detach()
         lvc = sampling is not None
-        coef = weights * likelihood_ratios(policy, iterate, sampling, episodes).detach() if lvc else weights
         return policy_gradient_hessian(policy, iterate, episodes.observations, episodes.actions, coef, grads, lvc)
 
     adapted, hessians = inner_loop(stacked, loss, lr, num_steps, first_order, hessian)

@@ -34,9 +34,10 @@ from metarl.sampling.advantages import compute_advantages
 from metarl.sampling.episodes import Episodes, masked_mean
 from metarl.sampling.sampler import sample_episodes
 from metarl.sampling.vector_env import make_vector_env
-from metarl.tasks import TaskDistribution
+from metarl.tasks import TaskDistribution, VectorTaskEnv
 
 VALIDATION_METRIC = metrics.VALIDATION_RETURN  # the name metarl 0.1.0 plugins import
+_NOT_FINITE = "the batch has no {}: its train episodes or inner step were not finite"
 
 
 @dataclass
@@ -79,6 +80,26 @@ class SampledBatch:
     def task_mean(self, per_task: torch.Tensor) -> torch.Tensor:
         """This rank's share of the mean over the meta-batch of a per-task value ([T] → scalar)."""
         return per_task.sum() / self.total_tasks
+
+    # A batch reaches `update` only with its validation episodes; an outer step takes them from these.
+
+    def require_valid(self) -> Episodes:
+        """`valid` (raises ValueError if it is None)."""
+        if self.valid is None:
+            raise ValueError(_NOT_FINITE.format("validation episodes"))
+        return self.valid
+
+    def require_old_adapted(self) -> Params:
+        """`old_adapted` (raises ValueError if it is None)."""
+        if self.old_adapted is None:
+            raise ValueError(_NOT_FINITE.format("adapted parameters"))
+        return self.old_adapted
+
+    def require_old_log_probs(self) -> torch.Tensor:
+        """`old_log_probs` (raises ValueError if it is None)."""
+        if self.old_log_probs is None:
+            raise ValueError(_NOT_FINITE.format("validation log-probabilities"))
+        return self.old_log_probs
 
 
 def finite(*tensors: torch.Tensor) -> bool:
@@ -148,7 +169,7 @@ class MetaLearner:
         c = self.config
         return adapt(self.policy, params, train, c.inner_lr, c.num_inner_steps, first_order, self._lvc_sampling())
 
-    def episodes(self, params: Params, env, seed: int) -> Episodes:
+    def episodes(self, params: Params, env: VectorTaskEnv, seed: int) -> Episodes:
         """Episodes with stacked `params`, with GAE advantages."""
         episodes = sample_episodes(self.policy, params, env, self.horizon, seed)
         c = self.config
@@ -165,7 +186,7 @@ class MetaLearner:
         # env k of the meta-batch resets with seed + k on whichever rank steps it
         offset = part.start * c.fast_batch_size
         env = make_vector_env(self.family, own, c.fast_batch_size, self.device)
-        params = dict(self.policy.named_parameters())
+        params: Params = dict(self.policy.named_parameters())
         self.sampling_params = {n: p.detach().clone() for n, p in params.items()}
         valid = None
         try:
@@ -174,7 +195,7 @@ class MetaLearner:
             adaptation = self.adapt(params, train, c.first_order)
             adapted_at = time.perf_counter()
             # NaN rewards or an exploding inner step would make the validation rollout itself fail
-            if finite(train.rewards, train.advantages, *adaptation.params.values()):
+            if finite(train.rewards, train.require_advantages(), *adaptation.params.values()):
                 valid = self.episodes(detach(adaptation.params), env, valid_seed + offset)
         finally:
             env.close()
@@ -195,7 +216,7 @@ class MetaLearner:
         start = time.perf_counter()
         batch = self.sample(rng)
         valid = batch.valid
-        ok = distributed.all_ranks(valid is not None and finite(valid.rewards, valid.advantages))
+        ok = distributed.all_ranks(valid is not None and finite(valid.rewards, valid.require_advantages()))
         result = self.update(batch) if ok else self.refused()
         end = time.perf_counter()
         returns_before = batch.train.episode_returns()
@@ -205,11 +226,12 @@ class MetaLearner:
             float(returns_before.numel()),
             float(batch.train.num_steps + (valid.num_steps if valid is not None else 0)),
         ]
-        reports_success = batch.train.success is not None
-        if reports_success:
+        train_success = batch.train.success
+        reports_success = train_success is not None
+        if train_success is not None:
             sums += [
-                batch.train.success.sum().item(),
-                valid.success.sum().item() if valid is not None else math.nan,
+                train_success.sum().item(),
+                valid.success.sum().item() if valid is not None and valid.success is not None else math.nan,
             ]
         before, after, episodes, env_steps, *successes = distributed.sum_over_ranks(sums)
         if reports_success:
@@ -223,7 +245,7 @@ class MetaLearner:
 
     def surrogate(self, adapted: Params, batch: SampledBatch, old_log_probs: torch.Tensor) -> torch.Tensor:
         """Per-task likelihood ratios πθᵢ'/πθᵢ'_old on the validation episodes ([T, E, H])."""
-        valid = batch.valid
+        valid = batch.require_valid()
         return torch.exp(log_probs(self.policy, adapted, valid.observations, valid.actions) - old_log_probs)
 
     def outer_loss(
@@ -232,9 +254,9 @@ class MetaLearner:
         """MAML's outer objective, which the learners share: the surrogate mean(πθᵢ'/πθᵢ'_old · A) on
         the validation episodes at θᵢ'(θ) (`adaptation.params`), plus weighted regularizers. Returns the
         loss (key "loss") and its parts, each this rank's share."""
-        ratio = self.surrogate(adaptation.params, batch, old_log_probs)
-        surrogate = -batch.task_mean(masked_mean(ratio * batch.valid.advantages, batch.valid.mask))
-        penalties = self.penalties(params, adaptation.params, batch.train, batch.valid, batch.total_tasks)
+        ratio, valid = self.surrogate(adaptation.params, batch, old_log_probs), batch.require_valid()
+        surrogate = -batch.task_mean(masked_mean(ratio * valid.require_advantages(), valid.mask))
+        penalties = self.penalties(params, adaptation.params, batch.train, valid, batch.total_tasks)
         parts = {f"regularizer/{name}": value for name, value in penalties.items()}
         return {"loss": self.with_penalties(surrogate, penalties), "train/surrogate": surrogate, **parts}
 
@@ -307,9 +329,9 @@ class GradientMetaLearner(MetaLearner):
         return list(self.policy.parameters())
 
     def update(self, batch: SampledBatch) -> dict[str, float]:
-        params = dict(self.policy.named_parameters())
+        params: Params = dict(self.policy.named_parameters())
         variables = self.meta_parameters()
-        old_log_probs = batch.old_log_probs
+        old_log_probs = batch.require_old_log_probs()
         adaptation, first = batch.adaptation, {}
         for step in range(self.outer_steps):
             if step:
@@ -322,9 +344,10 @@ class GradientMetaLearner(MetaLearner):
                 values = distributed.all_reduce_sum(torch.stack([parts[n].detach() for n in names])).tolist()
                 first = {("train/loss_before" if n == "loss" else n): v for n, v in zip(names, values)}
                 first["train/grad_norm"] = flat.norm().item()
-            if not finite(flat):
+            # a non-finite loss (e.g. a regularizer's NaN) is refused like a non-finite gradient
+            if not (finite(flat) and distributed.all_ranks(finite(parts["loss"].detach()))):
                 return {**first, metrics.NON_FINITE: 1.0, "train/outer_steps_taken": float(step)}
-            for p, g in zip(variables, flat.split([v.numel() for v in variables])):
+            for p, g in zip(variables, torch.split(flat, [v.numel() for v in variables])):
                 p.grad = g.view_as(p)
             self.optimizer.step()
             self.after_outer_step(parts)

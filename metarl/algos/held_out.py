@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from metarl.algos.adaptation import adapt_stacked
+from metarl.algos.adaptation import inner_loop, policy_gradient_loss
 from metarl.config import Config
 from metarl.policies.batched import Params, detach, stack
 from metarl.sampling import make_vector_env, sample_episodes
@@ -86,7 +87,9 @@ def evaluate_adaptation(
                 )
                 leaf = {n: p.detach().requires_grad_() for n, p in params.items()}
                 lr = config.inner_lr if inner_lr is None else inner_lr
-                params = detach(adapt_stacked(policy, leaf, batch, lr, 1, first_order=True).params)
+                # one first-order policy-gradient step (`inner_loop` takes Meta-SGD's per-parameter lr too)
+                loss = partial(policy_gradient_loss, policy, episodes=batch)
+                params = detach(inner_loop(leaf, loss, lr, 1, first_order=True)[0])
     finally:
         env.close()
     success = np.stack(successes, axis=1) if successes else None

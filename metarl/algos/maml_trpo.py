@@ -60,7 +60,8 @@ class OuterObjective:
 
 
 class MAMLTRPO(MetaLearner):
-    """Meta-learner: `step(rng)` (from `MetaLearner`) runs one meta-iteration and returns its metrics."""
+    """MAML (Finn et al. 2017) with a TRPO outer step through the inner step (conjugate gradient on
+    Fisher-vector products, backtracking line search); `step(rng)` comes from `MetaLearner`."""
 
     max_kl = Hyperparameter(0.01, POSITIVE, "trust region: largest mean KL of an accepted outer step")
     cg_iters = Hyperparameter(10, POSITIVE_INT, "conjugate-gradient iterations for the step direction")
@@ -73,12 +74,12 @@ class MAMLTRPO(MetaLearner):
 
     def objective(self, params: Params, adapted: Params, batch: SampledBatch) -> OuterObjective:
         """`outer_loss` at θ = `params` with the adapted parameters `adapted`, and the mean KL."""
-        parts = self.outer_loss(params, replace(batch.adaptation, params=adapted), batch, batch.old_log_probs)
+        parts = self.outer_loss(params, replace(batch.adaptation, params=adapted), batch, batch.require_old_log_probs())
         return OuterObjective(parts, self._mean_kl(adapted, batch))
 
     def _mean_kl(self, adapted: Params, batch: SampledBatch) -> torch.Tensor:
         """Mean over tasks of the KL from the sampling policies to the policies at `adapted` (this rank's share)."""
-        kl = policy_kl(self.policy, batch.old_adapted, adapted, batch.valid.observations)
+        kl = policy_kl(self.policy, batch.require_old_adapted(), adapted, batch.require_valid().observations)
         return (kl * _kl_weights(batch)).sum()
 
     def _fisher_product(
@@ -95,11 +96,13 @@ class MAMLTRPO(MetaLearner):
         subsample; the gradient, the step's KL scaling and the line search use every episode.
         """
         batch, adaptation = self._subsample(params, adaptation, batch)
-        fisher = fisher_product(self.policy, batch.old_adapted, batch.valid.observations, _kl_weights(batch))
+        observations = batch.require_valid().observations
+        fisher = fisher_product(self.policy, batch.require_old_adapted(), observations, _kl_weights(batch))
+        damping: float = self.cg_damping
 
         def product(v: torch.Tensor) -> torch.Tensor:
             pulled = adaptation.vjp(fisher(adaptation.jvp(unflatten(v, params))))
-            return distributed.all_reduce_sum(flatten([pulled[name] for name in params])) + self.cg_damping * v
+            return distributed.all_reduce_sum(flatten([pulled[name] for name in params])) + damping * v
 
         return product
 
@@ -120,8 +123,8 @@ class MAMLTRPO(MetaLearner):
         keep = max(1, math.ceil(self.cg_subsample * episodes))
         if keep >= episodes:
             return batch, adaptation
-        train, valid = batch.train.first_episodes(keep), batch.valid.first_episodes(keep)
-        sub = replace(batch, train=train, valid=valid, old_log_probs=batch.old_log_probs[:, :keep])
+        train, valid = batch.train.first_episodes(keep), batch.require_valid().first_episodes(keep)
+        sub = replace(batch, train=train, valid=valid, old_log_probs=batch.require_old_log_probs()[:, :keep])
         return sub, self.adapt(params, train, self.config.first_order)
 
     def update(self, batch: SampledBatch) -> dict[str, float]:
@@ -142,7 +145,8 @@ class MAMLTRPO(MetaLearner):
         metrics = {names.get(key, key): value for key, value in zip(before.parts, values)}
         loss_before = metrics["train/loss_before"]
         step = natural_step(grad, self._fisher_product(params, adaptation, batch), self.max_kl, self.cg_iters)
-        ok = finite(grad, step)
+        # a non-finite loss (e.g. a regularizer's NaN) is refused like a non-finite gradient
+        ok = finite(grad, step) and math.isfinite(loss_before)
         metrics["train/non_finite"] = float(not ok)
         attempts = self.ls_max_steps if ok else 0
 
@@ -178,7 +182,7 @@ class MAMLTRPO(MetaLearner):
 def _kl_weights(batch: SampledBatch) -> torch.Tensor:
     """Each validation step's weight in the mean KL: its task's mean over steps, this rank's share of the
     mean over tasks. The Fisher products are the Hessian of the KL with these same weights."""
-    return step_weights(batch.valid.mask) / batch.total_tasks
+    return step_weights(batch.require_valid().mask) / batch.total_tasks
 
 
 def _summed(*scalars: torch.Tensor) -> list[float]:

@@ -59,9 +59,9 @@ class ProMP(GradientMetaLearner):
     def outer_loss(
         self, params: Params, adaptation: Adaptation, batch: SampledBatch, old_log_probs: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        valid, eps = batch.valid, self.clip_eps
-        ratio = self.surrogate(adaptation.params, batch, old_log_probs)
-        clipped = torch.min(ratio * valid.advantages, ratio.clamp(1 - eps, 1 + eps) * valid.advantages)
+        valid, eps = batch.require_valid(), self.clip_eps
+        ratio, advantages = self.surrogate(adaptation.params, batch, old_log_probs), valid.require_advantages()
+        clipped = torch.min(ratio * advantages, ratio.clamp(1 - eps, 1 + eps) * advantages)
         surrogate = -batch.task_mean(masked_mean(clipped, valid.mask))
         kl = self.inner_kl(params, batch)
         penalties = self.penalties(params, adaptation.params, batch.train, valid, batch.total_tasks)

@@ -18,8 +18,11 @@ resumed run is not bit-identical to an uninterrupted one.
 
 from __future__ import annotations
 
+import math
 import time
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
@@ -33,6 +36,9 @@ from metarl.hyperparameters import POSITIVE, POSITIVE_INT, Hyperparameter
 from metarl.metrics import NON_FINITE, iteration_metrics
 from metarl.regularizers.base import Regularizer
 from metarl.tasks import TaskDistribution
+
+if TYPE_CHECKING:
+    from stable_baselines3.common.callbacks import BaseCallback
 
 #: default episodes of the same task in one training trial (the `episodes_per_trial` key)
 EPISODES_PER_TRIAL = 2
@@ -76,14 +82,15 @@ class RL2Env(gym.Env):
         size = self.obs_dim + self.action_dim + 2
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(size,), dtype=np.float32)
         self._fresh = True  # the env built above has not started a trial yet
-        self.episode, self.t, self.episode_return, self.returns = 0, 0, 0.0, []
+        self.episode, self.t, self.episode_return = 0, 0, 0.0
+        self.returns: list[float] = []
 
     def set_task_rng(self, seed: int) -> None:
         """Draw the tasks of the following trials from a generator seeded with `seed`."""
         self.task_rng = np.random.default_rng(seed)
 
     def _observation(self, obs: Any, action: Any, reward: float, done: bool) -> np.ndarray:
-        parts = [gym.spaces.flatten(self.inner_observation_space, obs).astype(np.float32)]
+        parts = [np.asarray(gym.spaces.flatten(self.inner_observation_space, obs), dtype=np.float32)]
         if action is None:
             parts.append(np.zeros(self.action_dim, dtype=np.float32))
         else:
@@ -96,7 +103,9 @@ class RL2Env(gym.Env):
         self.t, self.episode_return = 0, 0.0
         return obs
 
-    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         if self.fixed_task is None and not self._fresh:
             self.env.close()
@@ -107,7 +116,7 @@ class RL2Env(gym.Env):
         obs = self._reset_inner()
         return self._observation(obs, None, 0.0, False), {"task": self.task}
 
-    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if isinstance(self.action_space, gym.spaces.Discrete):
             action = int(np.asarray(action).reshape(-1)[0])
         elif isinstance(self.action_space, gym.spaces.Box):
@@ -132,44 +141,51 @@ class RL2Env(gym.Env):
 
     def _to_task_action(self, action: Any) -> Any:
         """A normalized action in [−1, 1] mapped affinely onto the task env's bounds."""
-        if self.action_space is self.inner_action_space:
+        space = self.inner_action_space
+        if self.action_space is space or not isinstance(space, gym.spaces.Box):  # only a Box is normalized
             return action
-        low, high = self.inner_action_space.low, self.inner_action_space.high
-        return (low + (action + 1.0) * 0.5 * (high - low)).astype(self.inner_action_space.dtype)
+        low, high = space.low, space.high
+        return (low + (action + 1.0) * 0.5 * (high - low)).astype(space.dtype)
 
     def close(self) -> None:
         self.env.close()
 
 
-def _normalized(space: gym.Space) -> gym.Space:
+def _normalized(space: gym.Space[Any]) -> gym.Space[Any]:
     """[−1, 1] in place of a bounded Box (what PPO's Gaussian policy expects); other spaces as they are."""
     if isinstance(space, gym.spaces.Box) and space.is_bounded("both"):
         return gym.spaces.Box(-1.0, 1.0, shape=space.shape, dtype=np.float32)
     return space
 
 
-def _trial_callback():
+@dataclass
+class _Trials:
+    """What `_trial_callback` records during `learn`: the per-episode returns of every trial finished,
+    and the rollouts' duration."""
+
+    returns: list[list[float]] = field(default_factory=list)
+    sampling_s: float = 0.0
+
+
+def _trial_callback(record: _Trials) -> BaseCallback:
+    """A callback that records into `record`."""
     from stable_baselines3.common.callbacks import BaseCallback
 
     class TrialReturns(BaseCallback):
-        """Per-episode returns of every trial finished during `learn`, and the rollout's duration."""
-
         def __init__(self) -> None:
             super().__init__()
-            self.trials: list[list[float]] = []
-            self.sampling_s = 0.0
             self._started = 0.0
 
         def _on_rollout_start(self) -> None:
             self._started = time.perf_counter()
 
         def _on_rollout_end(self) -> None:
-            self.sampling_s += time.perf_counter() - self._started
+            record.sampling_s += time.perf_counter() - self._started
 
         def _on_step(self) -> bool:
             for info in self.locals["infos"]:
                 if TRIAL_RETURNS in info:
-                    self.trials.append(info[TRIAL_RETURNS])
+                    record.returns.append(info[TRIAL_RETURNS])
             return True
 
     return TrialReturns()
@@ -207,8 +223,12 @@ class RL2(MetaLearner):
         self.n_steps = self.episodes_per_trial * self.horizon
         seeds = np.random.SeedSequence(config.seed).generate_state(self.num_envs)
         trials = self.episodes_per_trial
-        fns = [(lambda s=int(s): RL2Env(family, self.horizon, np.random.default_rng(s), trials)) for s in seeds]
-        self.vec_env = DummyVecEnv(fns)
+        horizon = self.horizon
+
+        def make_env(seed: int) -> Callable[[], gym.Env]:
+            return lambda: RL2Env(family, horizon, np.random.default_rng(seed), trials)
+
+        self.vec_env = DummyVecEnv([make_env(int(s)) for s in seeds])
         total = self.num_envs * self.n_steps
         self.model = RecurrentPPO(
             "MlpLstmPolicy",
@@ -228,12 +248,13 @@ class RL2(MetaLearner):
         # the tasks of the trials starting in this step come from the run's generator
         for index, seed in enumerate(rng.integers(0, 2**31 - 1, size=self.num_envs)):
             self.vec_env.env_method("set_task_rng", int(seed), indices=[index])
-        callback = _trial_callback()
+        record = _Trials()
+        callback = _trial_callback(record)
         before_steps = self.model.num_timesteps
         self.model.learn(total_timesteps=self.num_envs * self.n_steps, callback=callback, reset_num_timesteps=False)
         end = time.perf_counter()
         env_steps = float(self.model.num_timesteps - before_steps)
-        trials = callback.trials
+        trials = record.returns
         metrics = {
             f"train/{k.split('/', 1)[1]}": float(v)
             for k, v in self.model.logger.name_to_value.items()
@@ -241,8 +262,11 @@ class RL2(MetaLearner):
         }
         before = float(np.mean([t[0] for t in trials])) if trials else float("nan")
         after = float(np.mean([t[-1] for t in trials])) if trials else float("nan")
-        metrics.update({"train/trials": float(len(trials)), NON_FINITE: 0.0})
-        return {**metrics, **iteration_metrics(before, after, env_steps, callback.sampling_s, 0.0, end - start)}
+        # RecurrentPPO has already stepped; a non-finite loss is still counted towards the run's stop
+        metrics.update(
+            {"train/trials": float(len(trials)), NON_FINITE: float(not math.isfinite(metrics.get("train/loss", 0.0)))}
+        )
+        return {**metrics, **iteration_metrics(before, after, env_steps, record.sampling_s, 0.0, end - start)}
 
     def evaluate(self, tasks: list[dict[str, Any]], steps: int, episodes: int, seed: int) -> AdaptationResult:
         """Adaptation by experience: per task, `episodes` independent trials of `steps + 1` episodes.

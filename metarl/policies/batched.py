@@ -17,7 +17,7 @@ from torch.distributions import Categorical, Distribution, kl_divergence
 from torch.func import functional_call, vmap
 
 from metarl.policies import closed_form
-from metarl.policies.closed_form import Params
+from metarl.policies.closed_form import Params as Params  # re-exported: the algorithms take it from here
 
 
 @contextmanager
@@ -58,7 +58,8 @@ def _vmapped(fn: Callable[..., torch.Tensor], randomness: str = "error") -> Call
 
 def distribution(policy: nn.Module, params: Params, obs: torch.Tensor) -> Distribution:
     """The policy's distribution at `obs` with `params` (one task, no task dimension)."""
-    return functional_call(policy, params, (obs,))
+    dist: Distribution = functional_call(policy, params, (obs,))  # a policy's forward returns one
+    return dist
 
 
 def sample_actions(policy: nn.Module, params: Params, obs: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TypeGuard
 
 import torch
 from torch import nn
@@ -31,7 +32,7 @@ from metarl.policies.mlp import GaussianMLP
 Params = dict[str, torch.Tensor]  # defined here, where `batched` (which imports this module) takes it from
 
 
-def supports(policy: nn.Module) -> bool:
+def supports(policy: nn.Module) -> TypeGuard[GaussianMLP]:
     """Whether `policy` is a `GaussianMLP` whose hidden layers all use tanh or all use ReLU."""
     if type(policy) is not GaussianMLP:
         return False
@@ -128,7 +129,8 @@ class GaussianMLPPass:
     def tangent(self, v: Params) -> _Tangent:
         """Forward-mode pass along `v` (R-operator): pre-activation, activation and mean tangents."""
         hidden = self.hidden
-        pre, tangents = [], [None]
+        pre: list[torch.Tensor] = []
+        tangents: list[torch.Tensor | None] = [None]
         for name, a, slope in zip(self.layers[:-1], hidden, self.slopes):
             rz = self._linear(name, a, v)
             if tangents[-1] is not None:
@@ -153,11 +155,13 @@ class GaussianMLPPass:
             name = self.layers[k]
             if k < len(self.layers) - 1:
                 delta = delta * slopes[k]
-                if along is not None and along.loss.curvature[k] is not None:
-                    delta = delta.addcmul_(along.loss.curvature[k], along.tangent.pre[k])
+                curvature = None if along is None else along.loss.curvature[k]
+                if along is not None and curvature is not None:
+                    delta = delta.addcmul_(curvature, along.tangent.pre[k])
             weight = torch.bmm(delta.mT, hidden[k])
-            if along is not None and along.tangent.hidden[k] is not None:
-                weight = weight.baddbmm_(along.loss.deltas[k].mT, along.tangent.hidden[k])
+            hidden_tangent = None if along is None else along.tangent.hidden[k]
+            if along is not None and hidden_tangent is not None:
+                weight = weight.baddbmm_(along.loss.deltas[k].mT, hidden_tangent)
             grads[f"{name}.weight"], grads[f"{name}.bias"] = weight, delta.sum(1)
             if k > 0:
                 back = torch.bmm(delta, self.params[f"{name}.weight"])
@@ -239,7 +243,7 @@ class PolicyGradientHessian(GaussianMLPPass):
     def loss_backward(self) -> _LossBackward:
         """The backward pass with, for tanh layers, the activation cotangent times tanh''(z) = −2a·δz."""
         _, deltas = self.primal
-        curvature = [None] * len(self.layers)
+        curvature: list[torch.Tensor | None] = [None] * len(self.layers)
         if self.tanh:
             for k in range(len(self.layers) - 1):
                 curvature[k] = torch.mul(self.hidden[k + 1], deltas[k]).mul_(-2)

@@ -7,6 +7,7 @@ Observations may carry any leading batch dimensions; `log_prob` returns one valu
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -27,7 +28,7 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
-def default_policy_name(action_space: gym.Space) -> str:
+def default_policy_name(action_space: gym.Space[Any]) -> str:
     """The built-in policy for an action space."""
     if isinstance(action_space, gym.spaces.Box):
         return "gaussian-mlp"
@@ -71,7 +72,9 @@ class GaussianMLP(MLPPolicy):
     init_std = Hyperparameter(1.0, POSITIVE, "initial standard deviation of every action dimension")
     min_std = Hyperparameter(1e-6, POSITIVE, "lower bound of the standard deviation")
 
-    def __init__(self, observation_space: gym.Space, action_space: gym.Space, **hyperparameters: object) -> None:
+    def __init__(
+        self, observation_space: gym.Space[Any], action_space: gym.Space[Any], **hyperparameters: object
+    ) -> None:
         super().__init__(**hyperparameters)
         if not isinstance(action_space, gym.spaces.Box):
             raise TypeError(f"gaussian-mlp needs a Box action space, got {action_space!r}")
@@ -90,7 +93,9 @@ class GaussianMLP(MLPPolicy):
 class CategoricalMLP(MLPPolicy):
     """Categorical over Discrete actions: MLP logits."""
 
-    def __init__(self, observation_space: gym.Space, action_space: gym.Space, **hyperparameters: object) -> None:
+    def __init__(
+        self, observation_space: gym.Space[Any], action_space: gym.Space[Any], **hyperparameters: object
+    ) -> None:
         super().__init__(**hyperparameters)
         if not isinstance(action_space, gym.spaces.Discrete):
             raise TypeError(f"categorical-mlp needs a Discrete action space, got {action_space!r}")

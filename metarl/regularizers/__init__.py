@@ -15,8 +15,8 @@ class L2Anchor(Regularizer):
     R = (1/T) Σᵢ ‖θᵢ' − θ‖²."""
 
     def __call__(self, ctx: RegularizerContext) -> torch.Tensor:
-        distances = [
-            sum(((adapted[name] - theta) ** 2).sum() for name, theta in ctx.params.items())
-            for adapted in ctx.adapted_params
-        ]
+        distances = []
+        for adapted in ctx.adapted_params:
+            squares = [((adapted[name] - theta) ** 2).sum() for name, theta in ctx.params.items()]
+            distances.append(sum(squares[1:], start=squares[0]))
         return torch.stack(distances).mean()

@@ -55,6 +55,9 @@ class Consistency(Regularizer):
     policy evaluations of `KLPrior`.
     """
 
+    #: tasks it needs in each process's part of the meta-batch (`metarl.distributed.check_nproc`)
+    min_tasks = 2
+
     def __call__(self, ctx: RegularizerContext) -> torch.Tensor:
         num_tasks = len(ctx.adapted_params)
         if num_tasks < 2:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import torch
 
@@ -27,7 +28,10 @@ class Episodes:
 
     def _index(self, index: int | slice | tuple[slice, ...]) -> Episodes:
         """Every field indexed with `index` (a field that is None stays None)."""
-        return Episodes(**{f.name: None if (v := getattr(self, f.name)) is None else v[index] for f in fields(self)})
+        values: dict[str, Any] = {
+            f.name: None if (v := getattr(self, f.name)) is None else v[index] for f in fields(self)
+        }
+        return Episodes(**values)
 
     def __getitem__(self, task: int | slice) -> Episodes:
         return self._index(task)
@@ -51,6 +55,12 @@ class Episodes:
 
     def with_advantages(self, advantages: torch.Tensor) -> Episodes:
         return replace(self, advantages=advantages)
+
+    def require_advantages(self) -> torch.Tensor:
+        """`advantages`, which a learner sets (`with_advantages`) before a loss uses them."""
+        if self.advantages is None:
+            raise ValueError("these episodes have no advantages: set them with `with_advantages`")
+        return self.advantages
 
 
 def step_weights(mask: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from metarl import registry
+from metarl.errors import PluginError, short_repr
 from metarl.tasks import TaskDistribution, VectorTaskEnv, check_spaces, observation_dim
 
 
@@ -37,9 +39,10 @@ def step_to_device(
     return step[..., :-2], step[..., -2], step[..., -1] > 0.5
 
 
-def _to_float(space: gym.Space, obs: np.ndarray) -> np.ndarray:
+def _to_float(space: gym.Space[Any], obs: np.ndarray) -> np.ndarray:
     if isinstance(space, gym.spaces.Discrete):
-        return np.eye(int(space.n), dtype=np.float32)[int(obs) - int(space.start)]
+        one_hot: np.ndarray = np.eye(int(space.n), dtype=np.float32)[int(obs) - int(space.start)]
+        return one_hot
     return np.asarray(obs, dtype=np.float32).reshape(-1)
 
 
@@ -54,6 +57,7 @@ class GymVectorTaskEnv(VectorTaskEnv):
         device: torch.device,
     ) -> None:
         self.num_tasks, self.episodes_per_task, self.device = len(tasks), episodes_per_task, device
+        self.family, self.tasks = family, tasks
         self.envs = [family.make_env(task) for task in tasks for _ in range(episodes_per_task)]
         first = self.envs[0]
         self.observation_space, self.action_space = first.observation_space, first.action_space
@@ -66,12 +70,12 @@ class GymVectorTaskEnv(VectorTaskEnv):
     def reset(self, seed: int) -> torch.Tensor:
         self._done[:] = False
         self._success[:] = False
-        rows = [_to_float(self.observation_space, env.reset(seed=seed + i)[0]) for i, env in enumerate(self.envs)]
+        rows = [self._observation(env.reset(seed=seed + i)[0], i) for i, env in enumerate(self.envs)]
         array = np.stack(rows).reshape(self.num_tasks, self.episodes_per_task, self._obs_dim)
         return to_device(array, self.device)
 
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        flat = actions.detach().cpu().numpy().reshape(len(self.envs), *self.action_space.shape)
+        flat = actions.detach().cpu().numpy().reshape(len(self.envs), *(self.action_space.shape or ()))
         if isinstance(self.action_space, gym.spaces.Box):
             flat = np.clip(flat, self.action_space.low, self.action_space.high)
         rows, rewards = [], np.zeros(len(self.envs), dtype=np.float32)
@@ -82,7 +86,9 @@ class GymVectorTaskEnv(VectorTaskEnv):
                 continue
             action = int(flat[i]) if isinstance(self.action_space, gym.spaces.Discrete) else flat[i]
             obs, reward, terminated, truncated, info = env.step(action)
-            rows.append(_to_float(self.observation_space, obs))
+            rows.append(self._observation(obs, i))
+            if np.ndim(reward) != 0:
+                raise self._broken(i, f"returned a reward of shape {np.shape(reward)}, not a number")
             rewards[i] = reward
             self._done[i] = terminated or truncated
             if "success" in info:
@@ -90,6 +96,27 @@ class GymVectorTaskEnv(VectorTaskEnv):
                 self._success[i] |= bool(info["success"])
         return step_to_device(
             np.stack(rows), rewards, self._done, (self.num_tasks, self.episodes_per_task), self.device
+        )
+
+    def _observation(self, obs: Any, index: int) -> np.ndarray:
+        """Env `index`'s observation as a float vector; one that does not fit the space names the env."""
+        try:
+            row = _to_float(self.observation_space, obs)
+        except (TypeError, ValueError, IndexError) as exc:
+            raise self._broken(
+                index, f"returned an observation metarl cannot read ({type(exc).__name__}: {exc})"
+            ) from None
+        if row.size != self._obs_dim:
+            raise self._broken(
+                index, f"returned an observation of {row.size} values, but its observation space has {self._obs_dim}"
+            )
+        return row
+
+    def _broken(self, index: int, what: str) -> PluginError:
+        task = self.tasks[index // self.episodes_per_task]
+        package = registry.distribution_of(self.family)
+        return PluginError(
+            f"env of family {type(self.family).__name__} (package {package}) for task {short_repr(task)} {what}"
         )
 
     def episode_successes(self) -> torch.Tensor | None:
