@@ -214,7 +214,7 @@ def check_batch_memory(
     float32 observations, actions, rewards, masks, advantages and one activation per hidden unit, and
     one copy of the policy's parameters per task and batch (`hidden_sizes` of an MLP; none otherwise).
     """
-    obs_dim, act_dim = (int(s.n) if isinstance(s, gym.spaces.Discrete) else int(np.prod(s.shape)) for s in spaces)
+    obs_dim, act_dim = (int(s.n) if isinstance(s, gym.spaces.Discrete) else int(np.prod(s.shape or ())) for s in spaces)
     hidden = [int(h) for h in hidden_sizes] if isinstance(hidden_sizes, (list, tuple)) else []
     widths = [obs_dim, *hidden, act_dim]
     parameters = sum(a * b + b for a, b in zip(widths, widths[1:])) + act_dim

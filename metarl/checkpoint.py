@@ -166,10 +166,10 @@ def select_checkpoint(run_dir: Path, which: str) -> Path:
         if not checkpoints:
             raise MetarlError(f"run {str(run_dir)!r} has no checkpoint")
         path = checkpoints[-1]
-    elif which.isdigit():
+    elif which.isascii() and which.isdigit() and len(which) <= 10:  # ('²' is a digit int() refuses)
         path = checkpoint_path(run_dir, int(which))
     else:
-        raise MetarlError(f"--checkpoint must be best, last or an iteration number, got {which!r}")
+        raise MetarlError(f"--checkpoint must be best, last or an iteration number, got {short_repr(which)}")
     if not path.is_file():
         raise MetarlError(f"run {str(run_dir)!r} has no checkpoint {which!r} ({path.name})")
     return path

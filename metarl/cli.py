@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import signal
 import sys
@@ -12,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from metarl.errors import MetarlError, first_line, short_repr
+from metarl.errors import MetarlError, first_line, os_error_message, short_repr
 from metarl.hyperparameters import MAX_EPISODES, MAX_INNER_STEPS, MAX_ITERATIONS, MAX_TASKS
 
 if TYPE_CHECKING:
@@ -152,7 +153,6 @@ def seed(text: str) -> int:
     return value
 
 
-
 def _add_adaptation_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint", help="best, last or an iteration number (default last; best for pretrained:NAME)"
@@ -287,7 +287,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _trainer_at_checkpoint(args: argparse.Namespace) -> Trainer:
     from metarl import pretrained
-    from metarl.config import parse_value
+    from metarl.config import check_finite, parse_value
     from metarl.trainer import Trainer
 
     if args.checkpoint is None:
@@ -297,6 +297,7 @@ def _trainer_at_checkpoint(args: argparse.Namespace) -> Trainer:
         env_kwargs = {} if args.env is not None else trainer.config.env_kwargs
         if args.env_kwargs is not None:
             env_kwargs = parse_value("--env-kwargs", args.env_kwargs)
+            check_finite(env_kwargs, "env_kwargs", "--env-kwargs")
         trainer.use_family(args.env or trainer.config.env, env_kwargs)
     return trainer
 
@@ -404,6 +405,9 @@ def _plot(args: argparse.Namespace) -> int:
         if not (run_dir / PROGRESS_FILE).is_file():
             raise MetarlError(f"{str(run_dir)!r} is not a metarl run directory with progress (no progress.csv)")
     out = args.out or args.run_dirs[0] / "training_curves.png"
+    from metarl.checkpoint import check_writable_file
+
+    check_writable_file(out, f"cannot write the plot as {short_repr(str(out))}")
     plot_training_curves(args.run_dirs, out)
     print(f"wrote {out}")
     return 0
@@ -444,6 +448,8 @@ def _check_train(args: argparse.Namespace) -> None:
 
 #: the longest error message printed (a plugin's message can quote anything)
 MAX_MESSAGE = 2000
+#: OSErrors that are the user's to fix wherever they happen: a full disk or quota, a read-only file system
+USER_OS_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -475,6 +481,9 @@ def main(argv: list[str] | None = None) -> int:
         print("metarl: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug, ours or a plugin's: one line unless --debug
+        if isinstance(exc, OSError) and exc.errno in USER_OS_ERRORS and not args.debug:  # a full disk, anywhere
+            print(f"metarl: error: {os_error_message(exc, exc.filename or 'a file')}", file=sys.stderr)
+            return 2
         if args.debug:
             raise
         cause = f"{type(exc).__name__}: {first_line(exc, MAX_MESSAGE)}"

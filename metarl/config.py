@@ -260,28 +260,28 @@ def build_config(
     layers name comes first. `lenient[i]` marks a layer whose metarl 0.1.0 flat keys are kept only
     where the run's components take them (see `migrate_layer`).
     """
-    layers = list(layers)
-    origins = list(origins) if origins else ["config"] * len(layers)
-    flags = list(lenient) if lenient else [False] * len(layers)
-    for layer, origin in zip(layers, origins):
+    stack: list[Mapping[str, Any]] = list(layers)
+    origins = list(origins) if origins else ["config"] * len(stack)
+    flags = list(lenient) if lenient else [False] * len(stack)
+    for layer, origin in zip(stack, origins):
         if not isinstance(layer, Mapping):
             raise ConfigError(f"{origin} must be a mapping of config keys, got {type(layer).__name__}")
     if reference:
         from metarl import registry
 
-        env = _last(layers, "env", None)
+        env = _last(stack, "env", None)
         if env is None:
             raise ConfigError("no task family given: pass --env NAME (see `metarl list envs`)")
         env = _check("env", env, "config")
-        layers, origins, flags = (
-            [_reference_config(env), *layers],
+        stack, origins, flags = (
+            [_reference_config(env), *stack],
             [f"reference config of {env!r}", *origins],
             [True, *flags],
         )
-    algo = _check("algo", _last(layers, "algo", Config.algo), "config")
-    policy = _check("policy", _last(layers, "policy", Config.policy, algo), "config")
+    algo = _check("algo", _last(stack, "algo", Config.algo), "config")
+    policy = _check("policy", _last(stack, "policy", Config.policy, algo), "config")
     merged = Config().to_dict()
-    for layer, origin, soft in zip(layers, origins, flags):
+    for layer, origin, soft in zip(stack, origins, flags):
         section = _sections(layer, origin).get(algo, {})
         base = {k: v for k, v in layer.items() if k != SECTIONS_KEY}
         for part, where in ((base, origin), (section, f"the {algo!r} section of {origin}")):
@@ -301,7 +301,8 @@ def _reference_config(env: str) -> dict[str, Any]:
 
     family = registry.envs.load(env)
     try:
-        return family.reference_config()
+        reference: dict[str, Any] = family.reference_config()
+        return reference
     except Exception as exc:
         package = registry.envs.package_of(env)
         raise PluginError(

@@ -61,9 +61,9 @@ BOOLEAN = Check(lambda v: isinstance(v, bool), "true or false")
 #: the widest layer and the most layers a list of sizes (`hidden_sizes`) may give
 MAX_WIDTH, MAX_LAYERS = 65_536, 64
 POSITIVE_INTS = Check(
-    lambda v: isinstance(v, (list, tuple))
-    and len(v) <= MAX_LAYERS
-    and all(_is_int(h) and 0 < h <= MAX_WIDTH for h in v),
+    lambda v: (
+        isinstance(v, (list, tuple)) and len(v) <= MAX_LAYERS and all(_is_int(h) and 0 < h <= MAX_WIDTH for h in v)
+    ),
     f"a list of at most {MAX_LAYERS} positive integers up to {MAX_WIDTH}, e.g. [64, 64]",
 )
 

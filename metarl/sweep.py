@@ -89,7 +89,10 @@ class Validation:
         return header, [[w, m, s, *r] for w, m, s, r in zip(self.weights, self.means, self.stds, self.returns)]
 
 
-def add_sweep_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+Parser = TypeVar("Parser", bound=argparse.ArgumentParser)
+
+
+def add_sweep_parser(subparsers: argparse._SubParsersAction[Parser]) -> Parser:
     """Add the `sweep` command to the CLI's subparsers."""
     sweep = subparsers.add_parser("sweep", help="train one run per regularizer weight and seed, choose the weight")
     sweep.add_argument("--env", required=True, help="task family (see `metarl list envs`)")
@@ -202,9 +205,7 @@ class _Children:
                 process.send_signal(signal.SIGINT)
 
 
-def _train_one(
-    command: list[str], run: SweepRun, env: dict[str, str], children: _Children | None = None
-) -> str | None:
+def _train_one(command: list[str], run: SweepRun, env: dict[str, str], children: _Children | None = None) -> str | None:
     """Run one child to completion (output in `logdir/train.log`); None, or what went wrong."""
     children = children or _Children()
     run.logdir.mkdir(parents=True)
@@ -325,9 +326,10 @@ def _print_validation(validation: Validation, num_tasks: int) -> None:
 
 def run_sweep(args: argparse.Namespace) -> int:
     """`metarl sweep`: train, validate, choose β, test; every output goes into a new sweep directory."""
-    from metarl.checkpoint import write_csv, write_json
+    from metarl.checkpoint import check_writable_dir, write_csv, write_json
 
     weights, seeds, jobs = _check_args(args)
+    check_writable_dir(args.logdir, f"cannot create a sweep directory under {short_repr(str(args.logdir))}")
     sweep_dir = _new_sweep_dir(args.logdir, args.env, args.regularizer)
     runs = [SweepRun(w, s, sweep_dir) for w in weights for s in seeds]
     print(f"sweep directory: {sweep_dir} ({len(runs)} runs, {min(jobs, len(runs))} at a time)", file=sys.stderr)

@@ -102,8 +102,8 @@ class Trainer:
         self._lock: RunLock | None = None
 
     def hold_run_dir(self, warn: Callable[[str], None] | None = None) -> None:
-        """Take the run directory's lock (one writer per run; `train` takes it too). Held until
-        `release_run_dir` or the process ends, however it ends."""
+        """Take the run directory's lock (one writer per run): `start_run` and `resume_trainer` take it
+        and `train` releases it when it returns; a process that ends, however it ends, releases it too."""
         assert self.run_dir is not None
         if self._lock is None or self._lock.path.parent != self.run_dir:
             self._lock = RunLock(self.run_dir)
@@ -191,13 +191,16 @@ class Trainer:
         self.iteration = int(state["iteration"])
 
     def save(self) -> Path:
+        """Write the checkpoint of the current iteration (holding the run directory's lock)."""
         assert self.run_dir is not None
+        self.hold_run_dir()
         return save_checkpoint(checkpoint_path(self.run_dir, self.iteration), self.iteration, self.state())
 
     def evaluate(self, tasks: list[dict[str, Any]], steps: int, episodes: int, seed: int) -> AdaptationResult:
         """Returns on `tasks` after 0..`steps` adaptation steps, as the learner adapts (by default inner
         gradient steps with the learner's step size)."""
-        return self.learner.evaluate(tasks, steps, episodes, seed)
+        result: AdaptationResult = self.learner.evaluate(tasks, steps, episodes, seed)
+        return result
 
     def validate(self) -> float:
         """Mean return after adaptation on the fixed validation tasks (training RNG streams untouched).
@@ -218,7 +221,7 @@ class Trainer:
     ) -> list[dict[str, float]]:
         """Run meta-iterations until `iterations` are done or a stop is requested.
 
-        With a run directory (rank 0): holds its lock, logs to the loggers the config names and writes
+        With a run directory (rank 0): holds its lock until it returns, logs to the loggers the config names and writes
         checkpoints; validates in rank 0 (or the only process). Updates refused for non-finite values
         are counted; `max_nonfinite_updates` in a row stop the run with a MetarlError. A run that fails
         (a plugin raising mid-run, a full disk) first writes the checkpoint of its last completed
@@ -254,7 +257,7 @@ class Trainer:
                     if due:
                         self.save()
                     if improved:
-                        save_checkpoint(best_checkpoint_path(self.run_dir), self.iteration, self.state())
+                        save_checkpoint(best_checkpoint_path(logger.run_dir), self.iteration, self.state())
                     unsaved = None if due else copy.deepcopy(self.state() | {"iteration": self.iteration})
                 if on_iteration is not None:
                     on_iteration(self.iteration, metrics)
@@ -271,6 +274,7 @@ class Trainer:
         finally:
             if logger is not None:
                 logger.close()
+            self.release_run_dir()
         return history
 
     def _save_on_the_way_out(self, unsaved: dict[str, Any] | None) -> Path | None:

@@ -38,9 +38,7 @@ Episode = Callable[[gym.Env, Params, Capture], list[Any]]
 Frames = list[np.ndarray]
 
 
-def _rollout(
-    env: gym.Env, policy: nn.Module, params: Params, horizon: int, seed: int, capture: Capture
-) -> list[Any]:
+def _rollout(env: gym.Env, policy: nn.Module, params: Params, horizon: int, seed: int, capture: Capture) -> list[Any]:
     """One episode with the policy's mode action; `capture(env, obs)` after the reset and every step."""
     device = next(iter(params.values())).device
     obs, _ = env.reset(seed=seed)

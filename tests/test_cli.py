@@ -87,6 +87,7 @@ def test_checkpoint_loads_with_weights_only(run_dir):
     assert "mean.weight" in state["policy"]
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers(run_dir, tmp_path):
     result = _train_seed_7(tmp_path)
     assert result.returncode == 0, result.stderr

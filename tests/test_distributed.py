@@ -10,6 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 from conftest import episodes_like, small_batch
@@ -57,6 +58,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_ranks_take_the_single_process_step(tmp_path):
     expected, expected_metrics = _one_update(slice(None))
     out = str(tmp_path / "rank")
@@ -82,6 +84,7 @@ def _launch(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> su
     )
 
 
+@pytest.mark.slow
 def test_torchrun_cli_trains_with_one_run_directory(tmp_path):
     logdir = tmp_path / "runs"
     args = ["-m", "metarl", "train", "--env", "navigation-2d", *TINY, "--no-progress", "--logdir", str(logdir)]
@@ -94,6 +97,7 @@ def test_torchrun_cli_trains_with_one_run_directory(tmp_path):
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["iter-000002.pt"]
 
 
+@pytest.mark.slow
 def test_resumed_distributed_run_equals_uninterrupted_one(tmp_path):
     common = ["-m", "metarl", "train", "--env", "navigation-2d", *TINY, "--no-progress", "--set", "checkpoint_every=1"]
     assert _launch([*common, "--iterations", "3", "--logdir", str(tmp_path / "full")], tmp_path).returncode == 0
@@ -136,6 +140,7 @@ def _faulty_run(
     return result, time.perf_counter() - start
 
 
+@pytest.mark.slow
 def test_a_dead_rank_stops_the_job_naming_it(tmp_path):
     result, elapsed = _faulty_run(tmp_path, "os._exit(3)")
     assert result.returncode != 0
@@ -143,6 +148,7 @@ def test_a_dead_rank_stops_the_job_naming_it(tmp_path):
     assert elapsed < 60
 
 
+@pytest.mark.slow
 def test_a_hung_rank_times_out_the_others(tmp_path):
     # SIGTERM kills it at once (not metarl's stop-after-the-iteration handler): torchrun's cleanup stays short
     hang = "signal.signal(signal.SIGTERM, signal.SIG_DFL); time.sleep(600)"

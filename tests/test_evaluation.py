@@ -78,6 +78,7 @@ def test_validation_keeps_best_checkpoint(run_dir):
     assert np.isclose(best["best_validation"], max(scores))
 
 
+@pytest.mark.slow
 def test_adapt_exports_a_model_sb3_loads_and_that_acts_like_metarl(run_dir, tmp_path):
     from stable_baselines3 import PPO
 

@@ -208,6 +208,7 @@ def _rows(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", ["maml-trpo", "promp"])
 def test_run_directory_of_metarl_010_resumes_and_evaluates(tmp_path, algo):
     run = tmp_path / algo

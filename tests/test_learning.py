@@ -8,6 +8,8 @@ from metarl.config import build_config
 from metarl.trainer import Trainer
 from metarl_envs.navigation import Navigation2D
 
+pytestmark = pytest.mark.slow  # every test here is a learning run
+
 
 def _train(iterations: int, **overrides) -> list[dict[str, float]]:
     config = build_config(Navigation2D.reference_config(), {"seed": 1, **overrides})

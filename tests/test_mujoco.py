@@ -143,6 +143,7 @@ def test_pooled_envs_switched_to_a_task_equal_fresh_ones(name):
         assert env.task == fresh.task
 
 
+@pytest.mark.slow
 def test_halfcheetah_dir_training_steps_are_taken():
     """A short MAML-TRPO run on MuJoCo with a small batch: finite returns, trust-region steps taken
     within max_kl. (At this budget the return after adaptation is not yet above the one before: over

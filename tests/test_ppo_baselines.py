@@ -86,6 +86,7 @@ def test_resampling_env_draws_a_task_per_episode():
     assert goals(0) == goals(0) != goals(1)
 
 
+@pytest.mark.slow
 def test_evaluate_baselines_writes_curves_and_numbers(evaluated):
     trainer, run_dir, result = evaluated
     before = json.loads((run_dir / "evaluation.json").read_text())

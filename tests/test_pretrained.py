@@ -29,6 +29,7 @@ def test_each_shipped_run_loads_and_adapts_better_than_it_starts(name):
     assert after > before, f"{name}: one inner step should help ({before:.2f} -> {after:.2f})"
 
 
+@pytest.mark.slow
 def test_evaluate_and_adapt_pretrained_write_elsewhere(tmp_path):
     files = _package_files()
     result = cli("evaluate", "pretrained:navigation-2d-maml-trpo", "--tasks", "3", "--steps", "1", cwd=tmp_path)

@@ -37,6 +37,7 @@ def _params(run: Path, iteration: int) -> dict[str, torch.Tensor]:
     return torch.load(run / "checkpoints" / f"iter-{iteration:06d}.pt", weights_only=True)["policy"]
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
     common = ["train", "--env", "navigation-2d", "--seed", "3", *SMALL, "--set", "checkpoint_every=1"]
     assert metarl(*common, "--iterations", "6", "--logdir", str(tmp_path / "full")).returncode == 0
@@ -67,6 +68,7 @@ def _start_long_run(logdir: Path, checkpoint_every: str, stderr: int) -> subproc
     )
 
 
+@pytest.mark.slow
 def test_sigterm_stops_with_checkpoint_and_resume_hint(tmp_path):
     process = subprocess.Popen(
         [
@@ -131,6 +133,7 @@ def test_corrupted_newest_checkpoint_falls_back_to_previous(tmp_path):
     assert torch.load(run / "checkpoints" / "iter-000003.pt", weights_only=True)["iteration"] == 3
 
 
+@pytest.mark.slow
 def test_foreign_and_incompatible_checkpoints_are_refused(tmp_path):
     args = ["train", "--iterations", "1", "--no-progress", "--set", "meta_batch_size=2", "--set", "fast_batch_size=2"]
     assert metarl(*args, "--env", "navigation-2d", "--logdir", str(tmp_path / "nav")).returncode == 0

@@ -157,6 +157,7 @@ def test_cli_evaluates_an_rl2_run(tmp_path, capsys):
     assert "adapts through memory" in line and not out.exists()
 
 
+@pytest.mark.slow
 def test_short_run_improves_the_return_after_adaptation():
     """40 PPO updates on navigation-2d trials (20 tasks × 2 episodes × 20 steps each): the return of the
     trials' second episode, after a first episode of experience, rises above where it started."""

@@ -115,7 +115,8 @@ def _trainer(tmp_path: Path, **layer) -> tuple[Trainer, Path]:
 
 def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
     first, run_dir = _trainer(tmp_path, checkpoint_every=1)
-    first.train(1)
+    first.train(1)  # `train` releases the lock when it returns; `save` takes it again
+    first.save()
     with pytest.raises(RunDirectoryInUse, match=rf"is in use by pid {os.getpid()} .*only one process may write"):
         resume_trainer(run_dir, warn=print)
     first.release_run_dir()

@@ -44,10 +44,9 @@ class CSVLogger(Logger):
     def log(self, step: int, scalars: dict[str, float]) -> None:
         row = {"iteration": step, **scalars}
         new_file = self._columns is None
-        if new_file:
-            self._columns = list(row)
+        columns = self._columns = list(row) if self._columns is None else self._columns
         text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=self._columns, extrasaction="ignore", lineterminator="\n")
+        writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
         if new_file:
             writer.writeheader()
         writer.writerow(row)

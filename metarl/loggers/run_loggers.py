@@ -32,6 +32,7 @@ class RunLoggers:
     ) -> None:
         from metarl.build import make_loggers
 
+        self.run_dir = run_dir
         self._warn = warn
         self._active = make_loggers(config, run_dir)
         if resume_from:

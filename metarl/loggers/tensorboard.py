@@ -34,11 +34,13 @@ class TensorBoardLogger(Logger):
         if self._writer is None:
             self._writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=purge_step)
             # Written into the run's own event file (SummaryWriter.add_hparams would open a second run).
-            summaries = hparams(
+            summaries = hparams(  # type: ignore[no-untyped-call]  # torch's summary module is untyped
                 {k: _hparam_value(v) for k, v in self.config.items()}, {tag: math.nan for tag in SUMMARY}
             )
+            file_writer = self._writer.file_writer
+            assert file_writer is not None  # SummaryWriter's constructor opens it
             for summary in summaries:
-                self._writer.file_writer.add_summary(summary)
+                file_writer.add_summary(summary)
         return self._writer
 
     def log(self, step: int, scalars: dict[str, float]) -> None:

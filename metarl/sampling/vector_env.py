@@ -87,8 +87,8 @@ class GymVectorTaskEnv(VectorTaskEnv):
             action = int(flat[i]) if isinstance(self.action_space, gym.spaces.Discrete) else flat[i]
             obs, reward, terminated, truncated, info = env.step(action)
             rows.append(self._observation(obs, i))
-            if np.ndim(reward) != 0:
-                raise self._broken(i, f"returned a reward of shape {np.shape(reward)}, not a number")
+            if (shape := np.shape(np.asarray(reward))) != ():
+                raise self._broken(i, f"returned a reward of shape {shape}, not a number")
             rewards[i] = reward
             self._done[i] = terminated or truncated
             if "success" in info:
