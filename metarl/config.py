@@ -267,8 +267,6 @@ def build_config(
         if not isinstance(layer, Mapping):
             raise ConfigError(f"{origin} must be a mapping of config keys, got {type(layer).__name__}")
     if reference:
-        from metarl import registry
-
         env = _last(stack, "env", None)
         if env is None:
             raise ConfigError("no task family given: pass --env NAME (see `metarl list envs`)")

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from metarl.checkpoint import strict_json
 from metarl.errors import MetarlError
 
 LOCK_FILE = ".metarl.lock"
@@ -83,7 +84,7 @@ class RunLock:
             "command": " ".join(["metarl", *sys.argv[1:]])[:200],
             "started": time.time(),
         }
-        file.write(json.dumps(holder))
+        file.write(strict_json(holder))
         file.flush()
         self._file = file
         # released when this object goes or the interpreter exits normally; a killed process leaves the holder

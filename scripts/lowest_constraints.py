@@ -18,8 +18,9 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 DEFAULT_PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 

@@ -54,7 +54,7 @@ FIGURES = [
     ),
     Figure(
         run="halfcheetah-dir-promp",
-        title="halfcheetah-dir, ProMP protocol (seed 1, in progress)",
+        title="halfcheetah-dir, ProMP protocol (seed 1; collapsed at iteration 496)",
         by_env_steps=True,
         legend="center right",
         references=[Reference("ProMP paper, after adaptation: ≈ 310 at 1.2e8 env steps", [(1.2e8, 310)], True)],

