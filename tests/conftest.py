@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from metarl import registry
 from metarl.policies import GaussianMLP
 from metarl.policies.batched import detach, stack
 from metarl.sampling import Episodes, VectorTaskEnv, make_vector_env, sample_episodes
@@ -61,6 +64,27 @@ def batch() -> tuple:
 def episodes_like(episodes: Episodes, **changes) -> Episodes:
     fields = {k: getattr(episodes, k) for k in ("observations", "actions", "rewards", "mask", "advantages")}
     return Episodes(**{**fields, **changes})
+
+
+def installed_distribution(
+    root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    entry_points: dict[str, dict[str, str]],
+    modules: dict[str, str],
+) -> Iterator[None]:
+    """A fixture body: `write_distribution` into `root`, put it on sys.path and make every registry see
+    it; afterwards its modules are forgotten and the registries rediscover what is really installed."""
+    root.mkdir(parents=True)
+    write_distribution(root, name, entry_points, modules)
+    monkeypatch.syspath_prepend(str(root))
+    for reg in registry.REGISTRIES.values():
+        reg.reload()
+    yield
+    for module in modules:
+        sys.modules.pop(module, None)
+    for reg in registry.REGISTRIES.values():
+        reg.reload()
 
 
 def write_distribution(root: Path, name: str, entry_points: dict[str, dict[str, str]], modules: dict[str, str]) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_distribution
+from conftest import installed_distribution
 
 from metarl import checkpoint, distributed, registry
 from metarl.cli import main
@@ -228,21 +228,11 @@ def test_evaluation_sizes_beyond_what_can_run(finished_run, args, needle, capsys
 
 @pytest.fixture
 def unsafe_names(tmp_path, monkeypatch):
-    root = tmp_path / "site"
-    root.mkdir()
-    write_distribution(
-        root,
-        "unsafe-names",
-        {"metarl.envs": {"../../escaped": "unsafe_names_mod:Family", ".hidden": "unsafe_names_mod:Family"}},
-        {"unsafe_names_mod": "from metarl_envs.navigation import Navigation2D as Family\n"},
+    entry_points = {"metarl.envs": {"../../escaped": "unsafe_names_mod:Family", ".hidden": "unsafe_names_mod:Family"}}
+    module = "from metarl_envs.navigation import Navigation2D as Family\n"
+    yield from installed_distribution(
+        tmp_path / "site", monkeypatch, "unsafe-names", entry_points, {"unsafe_names_mod": module}
     )
-    monkeypatch.syspath_prepend(str(root))
-    for reg in registry.REGISTRIES.values():
-        reg.reload()
-    yield
-    sys.modules.pop("unsafe_names_mod", None)
-    for reg in registry.REGISTRIES.values():
-        reg.reload()
 
 
 def test_unsafe_plugin_name_is_refused_at_load(unsafe_names, tmp_path, capsys):

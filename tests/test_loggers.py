@@ -8,14 +8,13 @@ import json
 import math
 import os
 import struct
-import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import write_distribution
+from conftest import installed_distribution
 
-from metarl import registry
 from metarl.build import resolve_logger_kwargs
 from metarl.config import Config, build_config
 from metarl.errors import ConfigError, MetarlError
@@ -42,46 +41,38 @@ def _rows(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+FAULTY_LOGGERS = """
+class Flaky:
+    calls = 0
+
+    def __init__(self, run_dir, config):
+        pass
+
+    def log(self, step, scalars):
+        type(self).calls += 1
+        if type(self).calls == 2:
+            raise OSError("disk quota exceeded")
+
+    def close(self):
+        pass
+
+
+class BadClose(Flaky):
+    def log(self, step, scalars):
+        pass
+
+    def close(self):
+        raise RuntimeError("server went away")
+"""
+
+
 @pytest.fixture
-def faulty_logger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def faulty_logger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """`faulty-loggers`: `flaky` raises at its second log; `bad-close` raises when closed."""
-    root = tmp_path / "plugin"
-    root.mkdir()
-    write_distribution(
-        root,
-        "faulty-loggers",
-        {"metarl.loggers": {"flaky": "faulty_logger_mod:Flaky", "bad-close": "faulty_logger_mod:BadClose"}},
-        {
-            "faulty_logger_mod": """
-                class Flaky:
-                    calls = 0
-
-                    def __init__(self, run_dir, config):
-                        pass
-
-                    def log(self, step, scalars):
-                        type(self).calls += 1
-                        if type(self).calls == 2:
-                            raise OSError("disk quota exceeded")
-
-                    def close(self):
-                        pass
-
-
-                class BadClose(Flaky):
-                    def log(self, step, scalars):
-                        pass
-
-                    def close(self):
-                        raise RuntimeError("server went away")
-            """
-        },
+    entry_points = {"metarl.loggers": {"flaky": "faulty_logger_mod:Flaky", "bad-close": "faulty_logger_mod:BadClose"}}
+    yield from installed_distribution(
+        tmp_path / "plugin", monkeypatch, "faulty-loggers", entry_points, {"faulty_logger_mod": FAULTY_LOGGERS}
     )
-    monkeypatch.syspath_prepend(str(root))
-    registry.loggers.reload()
-    yield
-    sys.modules.pop("faulty_logger_mod", None)
-    registry.loggers.reload()
 
 
 def test_default_loggers_are_tensorboard_and_csv(tmp_path):

@@ -9,15 +9,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import write_distribution
+from conftest import installed_distribution
 from test_cli import SMALL, metarl
 
-from metarl import registry
 from metarl.config import build_config
 from metarl.errors import ConfigError, MetarlError, PluginError
 from metarl.loggers.progress import CSVLogger
@@ -81,28 +81,17 @@ class RaisingRegularizer(Regularizer):
 
 
 @pytest.fixture
-def mid_run_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    root = tmp_path / "plugins"
-    root.mkdir()
-    write_distribution(
-        root,
-        "mid-run-plugins",
-        {
-            "metarl.envs": {"late-failing": "mid_run_mod:LateFailing", "wide-observations": "mid_run_mod:WideFamily"},
-            "metarl.regularizers": {
-                "nan-reg": "mid_run_mod:NaNRegularizer",
-                "raising-reg": "mid_run_mod:RaisingRegularizer",
-            },
+def mid_run_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    entry_points = {
+        "metarl.envs": {"late-failing": "mid_run_mod:LateFailing", "wide-observations": "mid_run_mod:WideFamily"},
+        "metarl.regularizers": {
+            "nan-reg": "mid_run_mod:NaNRegularizer",
+            "raising-reg": "mid_run_mod:RaisingRegularizer",
         },
-        {"mid_run_mod": MID_RUN_MODULE},
+    }
+    yield from installed_distribution(
+        tmp_path / "plugins", monkeypatch, "mid-run-plugins", entry_points, {"mid_run_mod": MID_RUN_MODULE}
     )
-    monkeypatch.syspath_prepend(str(root))
-    for reg in registry.REGISTRIES.values():
-        reg.reload()
-    yield
-    sys.modules.pop("mid_run_mod", None)
-    for reg in registry.REGISTRIES.values():
-        reg.reload()
 
 
 def _trainer(tmp_path: Path, **layer) -> tuple[Trainer, Path]:
