@@ -40,6 +40,11 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
+def launched_as_main() -> bool:
+    """Whether this process is (or will be, once the process group is joined) rank 0 of its job."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def is_main() -> bool:
     """Whether this process writes logs and checkpoints (rank 0, or the only process)."""
     return rank() == 0
@@ -72,18 +77,50 @@ def _collective_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
+#: per rank, how many collectives it has entered, in the process group's store: the rank that hangs
+#: is the one behind when a collective times out
+_ENTERED_KEY = "metarl/collectives_entered/{}"
+_entered = 0
+
+
+def _store() -> Any:  # a torch.distributed Store (private accessor: the one the group was made with)
+    return dist.distributed_c10d._get_default_store()
+
+
+def _behind() -> str:
+    """The ranks that have not entered the collective this rank waits in, e.g. `rank 1 (collective 37,
+    this rank 38)`; empty if the store cannot tell."""
+    try:
+        store = _store()
+        keys = [_ENTERED_KEY.format(r) for r in range(world_size())]
+        entered = {r: int(store.get(k)) if store.check([k]) else 0 for r, k in enumerate(keys)}
+    except Exception:  # the store went with a dead rank: nothing to name
+        return ""
+    late = [f"rank {r} (collective {n}, this rank {_entered})" for r, n in entered.items() if n < _entered]
+    return ", ".join(late)
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Elementwise sum of `tensor` over all ranks, detached (`tensor` itself when not distributed)."""
+    """Elementwise sum of `tensor` over all ranks, detached (`tensor` itself when not distributed).
+
+    A failure (another rank exited, or did not arrive within `METARL_DIST_TIMEOUT_S`) is one line that
+    names the ranks that never entered this collective: the hung ones.
+    """
+    global _entered
     if not is_distributed():
         return tensor
     out = tensor.detach().to(_collective_device(), copy=True)
+    _entered += 1
     try:
+        _store().set(_ENTERED_KEY.format(rank()), str(_entered))
         dist.all_reduce(out)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        behind = _behind()
+        hung = f"; not arrived: {behind}, which hung or is much slower" if behind else ""
         raise MetarlError(
             f"rank {rank()} of {world_size()}: all_reduce failed (another rank exited, or hung for longer than "
-            f"{TIMEOUT_ENV}): {first}"
+            f"{TIMEOUT_ENV}){hung}: {first}"
         ) from None
     return out.to(tensor.device)
 

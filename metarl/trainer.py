@@ -361,9 +361,11 @@ def resume_trainer(
     that changes any other key is refused in one line, before anything is written.
     """
     load_run_config(run_dir)  # a folder that is not a run fails here, before looking for checkpoints
-    lock = RunLock(run_dir) if distributed.is_main() else None
+    # Locked before the checkpoints are read: reading removes stale temporary files, which must not be
+    # those of a writer still at work. Rank 0 by torchrun's RANK: the process group does not exist yet.
+    lock = RunLock(run_dir) if distributed.launched_as_main() else None
     if lock is not None:
-        lock.acquire(warn)  # before the checkpoint is read: a second writer is refused first
+        lock.acquire(warn)
     trainer = trainer_from_run(run_dir, load_newest_checkpoint(run_dir, warn))
     trainer._lock = lock
     changes = resume_changes(trainer.config, layers, origins)

@@ -155,4 +155,5 @@ def test_a_hung_rank_times_out_the_others(tmp_path):
     result, elapsed = _faulty_run(tmp_path, hang, {distributed.TIMEOUT_ENV: "3"})
     assert result.returncode != 0
     assert "rank 0 of 2: all_reduce failed" in result.stderr, result.stderr[-3000:]
+    assert "not arrived: rank 1 (collective" in result.stderr, result.stderr[-3000:]  # the hung one, named
     assert elapsed < 60

@@ -106,8 +106,12 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
     first, run_dir = _trainer(tmp_path, checkpoint_every=1)
     first.train(1)  # `train` releases the lock when it returns; `save` takes it again
     first.save()
+    in_progress = run_dir / "checkpoints" / ".iter-000002.pt.x1.tmp"  # as the holder writes its next checkpoint
+    in_progress.write_bytes(b"half")
     with pytest.raises(RunDirectoryInUse, match=rf"is in use by pid {os.getpid()} .*only one process may write"):
         resume_trainer(run_dir, warn=print)
+    assert in_progress.exists()  # refused before it cleaned up anything
+    in_progress.unlink()
     first.release_run_dir()
     second = resume_trainer(run_dir, warn=print)  # free again
     second.train(2)
