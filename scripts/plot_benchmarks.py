@@ -2,7 +2,8 @@
 
     python scripts/plot_benchmarks.py [--out docs/img] [--window 10]
 
-Reads `progress.csv` of each run in `metarl/pretrained/` (`metarl list pretrained`) and draws the mean
+Reads `progress.csv` of the shipped runs (`metarl list pretrained`) and of the drift run kept in
+`tests/data/runs/navigation-2d-drift`, and draws the mean
 return before and after adaptation of each training batch (faint: per iteration; solid: the mean over
 `--window` iterations), the validation return after adaptation on the 20 held-out tasks, and the
 published figures that docs/benchmarks.md compares against. Prints the files it wrote.
@@ -33,7 +34,7 @@ class Reference:
 
 @dataclass(frozen=True)
 class Figure:
-    run: str  # a folder of metarl/pretrained
+    run: Path  # a run directory
     title: str
     by_env_steps: bool  # x axis: cumulative env steps instead of meta-iterations
     references: list[Reference]
@@ -44,8 +45,8 @@ class Figure:
 
 FIGURES = [
     Figure(
-        run="navigation-2d-maml-trpo",
-        title="navigation-2d, MAML-TRPO (exact Fisher products, seed 0)",
+        run=ROOT / "tests" / "data" / "runs" / "navigation-2d-drift",
+        title="navigation-2d, MAML-TRPO (MAML's inner loss, exact Fisher products, seed 0)",
         by_env_steps=False,
         references=[
             Reference("pytorch-maml-rl, after adaptation (issue's measurement)", [(10, -25), (25, -17), (50, -16)])
@@ -53,7 +54,16 @@ FIGURES = [
         zoom=50,
     ),
     Figure(
-        run="halfcheetah-dir-promp",
+        run=pretrained.root() / "navigation-2d-maml-trpo",
+        title="navigation-2d, MAML-TRPO (default config: LVC inner loss, cg_subsample 0.5, seed 0)",
+        by_env_steps=False,
+        references=[
+            Reference("pytorch-maml-rl, after adaptation (issue's measurement)", [(10, -25), (25, -17), (50, -16)])
+        ],
+        zoom=50,
+    ),
+    Figure(
+        run=pretrained.root() / "halfcheetah-dir-promp",
         title="halfcheetah-dir, ProMP protocol (seed 1; collapsed at iteration 496)",
         by_env_steps=True,
         legend="center right",
@@ -127,7 +137,7 @@ def plot(figure: Figure, run_dir: Path, out: Path, window: int) -> Path:
         )
     axes[0][0].legend(fontsize=8, loc=figure.legend)
     fig.suptitle(figure.title)
-    path = out / f"{figure.run}.png"
+    path = out / f"{figure.run.name}.png"
     save_figure(fig, path)
     plt.close(fig)
     return path
@@ -140,7 +150,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     for figure in FIGURES:
-        path = plot(figure, pretrained.root() / figure.run, args.out, args.window)
+        path = plot(figure, figure.run, args.out, args.window)
         print(f"wrote {path}")
 
 
