@@ -43,23 +43,22 @@ class Figure:
     xlim: float | None = None  # right end of the whole run's panel (room for a reference beyond the run)
 
 
+PYTORCH_MAML_RL = Reference(
+    "pytorch-maml-rl, after adaptation (issue's measurement)", [(10, -25), (25, -17), (50, -16)]
+)
 FIGURES = [
     Figure(
         run=ROOT / "tests" / "data" / "runs" / "navigation-2d-drift",
         title="navigation-2d, MAML-TRPO (MAML's inner loss, exact Fisher products, seed 0)",
         by_env_steps=False,
-        references=[
-            Reference("pytorch-maml-rl, after adaptation (issue's measurement)", [(10, -25), (25, -17), (50, -16)])
-        ],
+        references=[PYTORCH_MAML_RL],
         zoom=50,
     ),
     Figure(
         run=pretrained.root() / "navigation-2d-maml-trpo",
         title="navigation-2d, MAML-TRPO (default config: LVC inner loss, cg_subsample 0.5, seed 0)",
         by_env_steps=False,
-        references=[
-            Reference("pytorch-maml-rl, after adaptation (issue's measurement)", [(10, -25), (25, -17), (50, -16)])
-        ],
+        references=[PYTORCH_MAML_RL],
         zoom=50,
     ),
     Figure(
