@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from metarl.errors import MetarlError, first_line, os_error_message, short_repr
+from metarl.errors import MetarlError, first_line, os_error_message, short_repr, warn
 from metarl.hyperparameters import MAX_EPISODES, MAX_INNER_STEPS, MAX_ITERATIONS, MAX_TASKS
 
 if TYPE_CHECKING:
@@ -222,10 +222,6 @@ def _progress(total: int, start: int, enabled: bool) -> tuple[Any, Callable[[int
     return bar, update
 
 
-def _warn(message: str) -> None:
-    print(f"metarl: warning: {message}", file=sys.stderr)
-
-
 @contextmanager
 def _stop_on_signals(trainer: Trainer) -> Iterator[list[int]]:
     """SIGINT/SIGTERM ask the trainer to stop after the iteration in progress; yields the signals seen."""
@@ -234,7 +230,7 @@ def _stop_on_signals(trainer: Trainer) -> Iterator[list[int]]:
     def handler(signum: int, frame: object) -> None:
         received.append(signum)
         trainer.stop_requested = True
-        _warn(f"{signal.Signals(signum).name} received: stopping after the current iteration")
+        warn(f"{signal.Signals(signum).name} received: stopping after the current iteration")
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -253,7 +249,7 @@ def _train(args: argparse.Namespace) -> int:
         distributed.relaunch(args.nproc, args.argv)  # replaces this process; the workers see torchrun's env
 
     if args.resume is not None:
-        trainer = resume_trainer(args.resume, _warn, *_user_layers(args))
+        trainer = resume_trainer(args.resume, warn, *_user_layers(args))
         iterations = trainer.config.iterations
     else:
         config = _resolve_config(args)

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import errno
 import reprlib
+import sys
 from typing import Any
+
+
+def warn(message: str) -> None:
+    """A warning the user should see, on stderr as one `metarl: warning:` line."""
+    print(f"metarl: warning: {message}", file=sys.stderr)
 
 
 class MetarlError(Exception):

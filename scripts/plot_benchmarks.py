@@ -46,20 +46,20 @@ class Figure:
 PYTORCH_MAML_RL = Reference(
     "pytorch-maml-rl, after adaptation (issue's measurement)", [(10, -25), (25, -17), (50, -16)]
 )
+
+
+def navigation_figure(run: Path, variant: str) -> Figure:
+    """A navigation-2d MAML-TRPO run against pytorch-maml-rl, with a panel of its first 50 iterations."""
+    title = f"navigation-2d, MAML-TRPO ({variant}, seed 0)"
+    return Figure(run=run, title=title, by_env_steps=False, references=[PYTORCH_MAML_RL], zoom=50)
+
+
 FIGURES = [
-    Figure(
-        run=ROOT / "tests" / "data" / "runs" / "navigation-2d-drift",
-        title="navigation-2d, MAML-TRPO (MAML's inner loss, exact Fisher products, seed 0)",
-        by_env_steps=False,
-        references=[PYTORCH_MAML_RL],
-        zoom=50,
+    navigation_figure(
+        ROOT / "tests" / "data" / "runs" / "navigation-2d-drift", "MAML's inner loss, exact Fisher products"
     ),
-    Figure(
-        run=pretrained.root() / "navigation-2d-maml-trpo",
-        title="navigation-2d, MAML-TRPO (default config: LVC inner loss, cg_subsample 0.5, seed 0)",
-        by_env_steps=False,
-        references=[PYTORCH_MAML_RL],
-        zoom=50,
+    navigation_figure(
+        pretrained.root() / "navigation-2d-maml-trpo", "default config: LVC inner loss, cg_subsample 0.5"
     ),
     Figure(
         run=pretrained.root() / "halfcheetah-dir-promp",

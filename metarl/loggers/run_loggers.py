@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from metarl import registry
+from metarl import errors, registry
 from metarl.errors import DISK_ERRNOS, first_line
-
-
-def _stderr_warning(message: str) -> None:
-    print(f"metarl: warning: {message}", file=sys.stderr)
 
 
 class RunLoggers:
@@ -28,7 +23,7 @@ class RunLoggers:
         run_dir: Path,
         config: dict[str, Any],
         resume_from: int = 0,
-        warn: Callable[[str], None] = _stderr_warning,
+        warn: Callable[[str], None] = errors.warn,
     ) -> None:
         from metarl.build import make_loggers
 
@@ -51,11 +46,6 @@ class RunLoggers:
                 self._warn(
                     f"logger {name!r} ({package}) failed in {method}: {type(exc).__name__}: {first_line(exc)}{then}"
                 )
-
-    @property
-    def names(self) -> list[str]:
-        """The loggers still active."""
-        return list(self._active)
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         self._call("log", step, dict(scalars))
