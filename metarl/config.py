@@ -82,6 +82,10 @@ EVERY = non_negative_int(MAX_ITERATIONS)
 HORIZON = Check(
     lambda v: v is None or positive_int(MAX_HORIZON).test(v), f"a positive integer up to {MAX_HORIZON}, or null"
 )
+MAX_WORKERS = 4096
+WORKERS = Check(
+    lambda v: v is None or positive_int(MAX_WORKERS).test(v), f"a positive integer up to {MAX_WORKERS}, or null"
+)
 DEVICE = Check(lambda v: isinstance(v, str) and v.split(":")[0] in ("cpu", "cuda"), "cpu, cuda or cuda:N")
 NAMES = Check(
     lambda v: isinstance(v, list) and all(isinstance(n, str) and n for n in v) and len(set(v)) == len(v),
@@ -122,6 +126,12 @@ class Config:
     iterations: int = _key(500, ITERATIONS, "meta-iterations")
     seed: int = _key(0, SEED, "the one seed: tasks, env seeds, initial weights")
     device: str = _key("cpu", DEVICE, "torch device")
+    num_workers: int | None = _key(
+        None,
+        WORKERS,
+        "processes stepping a family's make_env envs; null: one per core (÷ local ranks), 1: in this process",
+    )
+    worker_timeout: float = _key(60.0, POSITIVE, "seconds one env call in a worker may take before the run stops")
     checkpoint_every: int = _key(10, EVERY, "iterations between checkpoints (0: only at the end)")
     max_nonfinite_updates: int = _key(5, ITERATIONS, "updates refused in a row for NaN/Inf before the run stops")
     eval_every: int = _key(10, EVERY, "iterations between validations on held-out tasks (0: none)")

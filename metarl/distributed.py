@@ -28,6 +28,16 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def local_cores() -> int:
+    """This process's share of the cores: under torchrun the local processes share them."""
+    return max(available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+
+
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 

@@ -45,7 +45,16 @@ from metarl.tasks import space_signature
 
 CONFIG_FILE = "config.yaml"
 #: run-level keys that `--resume` may change; the others would make the run a different experiment
-RESUMABLE_KEYS = ("iterations", "checkpoint_every", "eval_every", "max_nonfinite_updates", "loggers", "logger_kwargs")
+RESUMABLE_KEYS = (
+    "iterations",
+    "checkpoint_every",
+    "eval_every",
+    "max_nonfinite_updates",
+    "loggers",
+    "logger_kwargs",
+    "num_workers",
+    "worker_timeout",
+)
 
 
 def seed_rank(seed: int, iteration: int) -> None:
@@ -272,6 +281,7 @@ class Trainer:
                 raise
             raise explained from exc
         finally:
+            self.learner.close()
             if logger is not None:
                 logger.close()
             self.release_run_dir()

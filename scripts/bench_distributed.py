@@ -18,7 +18,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+from metarl import distributed
+
+CORES = distributed.available_cores()
 
 
 def run(nproc: int, args: argparse.Namespace, logdir: Path) -> list[dict[str, float]]:

@@ -24,14 +24,14 @@ import numpy as np
 import torch
 from mujoco import rollout
 
-from metarl import registry
+from metarl import distributed, registry
 from metarl.policies import GaussianMLP
 from metarl.policies.batched import detach, stack
 from metarl.sampling import sample_episodes
 from metarl.tasks import TaskDistribution
 
 NUM_TASKS, EPISODES = 40, 20
-CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+CORES = distributed.available_cores()
 
 
 def metarl_path(family: TaskDistribution, tasks: list[dict], policy: GaussianMLP, steps: int) -> float:

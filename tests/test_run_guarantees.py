@@ -188,7 +188,7 @@ def test_cli_resume_with_a_changed_key_is_one_line(tmp_path):
     assert result.stderr.strip() == (
         "metarl: error: config key 'inner_lr' cannot change when a run resumes (the run has 0.1, asked 0.5); "
         "on resume only these may change: iterations, checkpoint_every, eval_every, max_nonfinite_updates, "
-        "loggers, logger_kwargs"
+        "loggers, logger_kwargs, num_workers, worker_timeout"
     )
 
 
@@ -208,8 +208,11 @@ def test_a_family_failing_mid_run_is_named_and_a_checkpoint_is_written(tmp_path,
 
 def test_an_env_observation_that_does_not_fit_its_space_names_the_family(tmp_path, mid_run_plugins):
     trainer, _ = _trainer(tmp_path, env="wide-observations")
-    with pytest.raises(PluginError, match=r"env of family WideFamily \(package mid-run-plugins\) for task \{'k': 0\} "
-                       r"returned an observation of 3 values, but its observation space has 2"):  # fmt: skip
+    expected = (
+        r"env of family WideFamily \(package mid-run-plugins\) for task \{'k': 0\} \(env 0\) "
+        r"returned an observation of 3 values, but its observation space has 2"
+    )
+    with pytest.raises(PluginError, match=expected):
         trainer.train(1)
 
 

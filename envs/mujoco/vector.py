@@ -11,7 +11,6 @@ reset it to the initial pose.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import mujoco
@@ -23,6 +22,7 @@ from gymnasium.envs.mujoco.hopper_v5 import HopperEnv
 from gymnasium.envs.mujoco.walker2d_v5 import Walker2dEnv
 from mujoco import rollout
 
+from metarl import distributed
 from metarl.sampling.vector_env import step_to_device, to_device
 from metarl.tasks import VectorTaskEnv
 from metarl_envs.mujoco.base import TaskMujocoEnv
@@ -113,10 +113,7 @@ class MujocoVectorEnv(VectorTaskEnv):
         self._qpos = slice(start, start + model.nq)
         self._qvel = slice(start + model.nq, start + model.nq + model.nv)
         self._done = np.zeros(len(self._models), dtype=bool)
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        # under torchrun the local processes share the cores
-        nthread = max(cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
-        self._step = stepper or make_stepper(model, first.frame_skip, nthread)
+        self._step = stepper or make_stepper(model, first.frame_skip, distributed.local_cores())
         # The v5 env's reward and termination settings, shared by all tasks of a family.
         self._healthy_reward = getattr(first, "_healthy_reward", 0.0)
         self._terminates = getattr(first, "_terminate_when_unhealthy", False)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from metarl import distributed, metrics
 from metarl.algos.adaptation import Adaptation, adapt, inner_losses
@@ -33,7 +34,7 @@ from metarl.regularizers.base import Regularizer, RegularizerContext
 from metarl.sampling.advantages import compute_advantages
 from metarl.sampling.episodes import Episodes, masked_mean
 from metarl.sampling.sampler import sample_episodes
-from metarl.sampling.vector_env import make_vector_env
+from metarl.sampling.vector_env import make_vector_env, worker_pool
 from metarl.tasks import TaskDistribution, VectorTaskEnv
 
 VALIDATION_METRIC = metrics.VALIDATION_RETURN  # the name metarl 0.1.0 plugins import
@@ -147,6 +148,8 @@ class MetaLearner:
         self.device = torch.device(device)
         self.horizon = config.horizon_for(family)
         self.sampling_params: Params = {}  # θ that sampled the current batch's train episodes (θo)
+        #: processes that step the generic make_env path (None: in this process); see `close`
+        self.workers = worker_pool(config.num_workers, config.worker_timeout)
 
     def inner_objective(self, adapted: Params, train: Episodes) -> torch.Tensor:
         """The inner loss per task ([T]) at stacked parameters `adapted`, as `inner_loss` says.
@@ -171,9 +174,12 @@ class MetaLearner:
 
     def episodes(self, params: Params, env: VectorTaskEnv, seed: int) -> Episodes:
         """Episodes with stacked `params`, with GAE advantages."""
-        episodes = sample_episodes(self.policy, params, env, self.horizon, seed)
+        with record_function("sampling/rollout"):
+            episodes = sample_episodes(self.policy, params, env, self.horizon, seed)
         c = self.config
-        return episodes.with_advantages(compute_advantages(episodes, c.gamma, c.gae_lambda, c.normalize_advantages))
+        with record_function("sampling/advantages"):
+            advantages = compute_advantages(episodes, c.gamma, c.gae_lambda, c.normalize_advantages)
+        return episodes.with_advantages(advantages)
 
     def sample(self, rng: np.random.Generator) -> SampledBatch:
         """Tasks, train episodes with θ, the inner loop, validation episodes with each θᵢ'."""
@@ -185,7 +191,7 @@ class MetaLearner:
         own = tasks[part]
         # env k of the meta-batch resets with seed + k on whichever rank steps it
         offset = part.start * c.fast_batch_size
-        env = make_vector_env(self.family, own, c.fast_batch_size, self.device)
+        env = make_vector_env(self.family, own, c.fast_batch_size, self.device, self.workers)
         params: Params = dict(self.policy.named_parameters())
         self.sampling_params = {n: p.detach().clone() for n, p in params.items()}
         valid = None
@@ -295,8 +301,22 @@ class MetaLearner:
         """Returns on `tasks` after 0..`steps` adaptation steps (by default inner gradient steps with
         `inner_lr`, `episodes` episodes per step); learners that adapt otherwise override this."""
         return evaluate_adaptation(
-            self.policy, self.family, self.config, tasks, steps, episodes, seed, self.device, self.inner_lr
+            self.policy,
+            self.family,
+            self.config,
+            tasks,
+            steps,
+            episodes,
+            seed,
+            self.device,
+            self.inner_lr,
+            self.workers,
         )
+
+    def close(self) -> None:
+        """Stop the sampler's worker processes (the next sampling starts them again)."""
+        if self.workers is not None:
+            self.workers.close()
 
     def end_iteration(self, metrics: dict[str, float]) -> None:
         """Called by the trainer with an iteration's metrics, validation included (when it ran)."""

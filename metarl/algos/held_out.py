@@ -17,6 +17,7 @@ from metarl.config import Config
 from metarl.policies.batched import Params, detach, stack
 from metarl.sampling import make_vector_env, sample_episodes
 from metarl.sampling.advantages import compute_advantages
+from metarl.sampling.workers import WorkerPool
 from metarl.tasks import TaskDistribution
 
 # Seed-sequence spawn keys: training draws from SeedSequence(seed) itself, so these streams never overlap it.
@@ -61,16 +62,17 @@ def evaluate_adaptation(
     seed: int,
     device: torch.device,
     inner_lr: float | Params | None = None,
+    workers: WorkerPool | None = None,
 ) -> AdaptationResult:
     """Adapt to every task for `steps` inner steps, sampling `episodes` per step.
 
     The step size is `inner_lr` (a number, or one tensor per parameter as Meta-SGD learns), by default
-    the config's.
+    the config's. The generic path steps its envs in `workers` when given.
 
     Step k's return is measured with the parameters after k steps, on the same episodes that the
     (k+1)-th step then adapts on, as in the MAML paper's evaluation.
     """
-    env = make_vector_env(family, tasks, episodes, device)
+    env = make_vector_env(family, tasks, episodes, device, workers)
     horizon = config.horizon_for(family)
     rng = np.random.default_rng(seed)
     params: Params = stack(detach(dict(policy.named_parameters())), len(tasks))

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from torch.profiler import record_function
 
 from metarl import distributed
 from metarl.algos.adaptation import Adaptation
@@ -137,14 +138,16 @@ class MAMLTRPO(MetaLearner):
 
     def _trpo_update(self, params: Params, adaptation: Adaptation, batch: SampledBatch) -> dict[str, float]:
         adapted = {name: p.detach().requires_grad_() for name, p in adaptation.params.items()}
-        before = self.objective(params, adapted, batch)
-        grad = distributed.all_reduce_sum(self._gradient(before.loss, params, adapted, adaptation))
+        with record_function("outer/gradient"):
+            before = self.objective(params, adapted, batch)
+            grad = distributed.all_reduce_sum(self._gradient(before.loss, params, adapted, adaptation))
         # "loss" and "train/surrogate" as train/loss_before and train/surrogate_before, the others as named
         names = {"loss": "train/loss_before", "train/surrogate": "train/surrogate_before"}
         values = _summed(*before.parts.values())
         metrics = {names.get(key, key): value for key, value in zip(before.parts, values)}
         loss_before = metrics["train/loss_before"]
-        step = natural_step(grad, self._fisher_product(params, adaptation, batch), self.max_kl, self.cg_iters)
+        with record_function("outer/conjugate_gradient"):
+            step = natural_step(grad, self._fisher_product(params, adaptation, batch), self.max_kl, self.cg_iters)
         # a non-finite loss (e.g. a regularizer's NaN) is refused like a non-finite gradient
         ok = finite(grad, step) and math.isfinite(loss_before)
         metrics["train/non_finite"] = float(not ok)
@@ -154,11 +157,12 @@ class MAMLTRPO(MetaLearner):
         direction = unflatten(step, current)
         size = 1.0
         for attempt in range(1, attempts + 1):
-            candidate = {n: (current[n] - size * direction[n]).requires_grad_() for n in current}
-            adapted = self.adapt(candidate, batch.train, first_order=True).params
-            with torch.no_grad():
-                after = self.objective(candidate, adapted, batch)
-            loss_after, surrogate_after, kl = _summed(after.loss, after.parts["train/surrogate"], after.kl)
+            with record_function("outer/line_search"):
+                candidate = {n: (current[n] - size * direction[n]).requires_grad_() for n in current}
+                adapted = self.adapt(candidate, batch.train, first_order=True).params
+                with torch.no_grad():
+                    after = self.objective(candidate, adapted, batch)
+                loss_after, surrogate_after, kl = _summed(after.loss, after.parts["train/surrogate"], after.kl)
             improvement = loss_before - loss_after
             if np.isfinite(improvement) and np.isfinite(kl) and improvement > 0 and kl < self.max_kl:
                 with torch.no_grad():
