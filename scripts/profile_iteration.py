@@ -18,10 +18,9 @@ import statistics
 from collections import defaultdict
 
 import torch
-import yaml
 from torch.profiler import ProfilerActivity, profile
 
-from metarl.config import build_config
+from metarl.config import build_config, parse_set
 from metarl.metrics import ADAPTATION_S, ITERATION_S, OUTER_STEP_S, SAMPLING_S
 from metarl.trainer import Trainer
 
@@ -44,15 +43,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=None, metavar="KEY=VALUE")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    layer: dict = {"env": args.env, "algo": args.algo, "seed": 1, "eval_every": 0}
-    for item in PROMP_PROTOCOL if args.set is None else args.set:
-        key, value = item.split("=", 1)
-        *parents, last = key.split(".")
-        target = layer
-        for parent in parents:
-            target = target.setdefault(parent, {})
-        target[last] = yaml.safe_load(value)
-    trainer = Trainer(build_config(layer, reference=True))
+    layer = {"env": args.env, "algo": args.algo, "seed": 1, "eval_every": 0}
+    trainer = Trainer(build_config(layer, parse_set(PROMP_PROTOCOL if args.set is None else args.set), reference=True))
     trainer.train(1)  # warm-up
     per_range: dict[str, list[float]] = defaultdict(list)
     history = []

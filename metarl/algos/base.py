@@ -34,7 +34,8 @@ from metarl.regularizers.base import Regularizer, RegularizerContext
 from metarl.sampling.advantages import compute_advantages
 from metarl.sampling.episodes import Episodes, masked_mean
 from metarl.sampling.sampler import sample_episodes
-from metarl.sampling.vector_env import make_vector_env, worker_pool
+from metarl.sampling.vector_env import make_vector_env
+from metarl.sampling.workers import worker_pool
 from metarl.tasks import TaskDistribution, VectorTaskEnv
 
 VALIDATION_METRIC = metrics.VALIDATION_RETURN  # the name metarl 0.1.0 plugins import

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -17,8 +17,10 @@ from metarl.config import Config
 from metarl.policies.batched import Params, detach, stack
 from metarl.sampling import make_vector_env, sample_episodes
 from metarl.sampling.advantages import compute_advantages
-from metarl.sampling.workers import WorkerPool
 from metarl.tasks import TaskDistribution
+
+if TYPE_CHECKING:
+    from metarl.sampling.workers import WorkerPool
 
 # Seed-sequence spawn keys: training draws from SeedSequence(seed) itself, so these streams never overlap it.
 VALIDATION_STREAM = 1

@@ -17,7 +17,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from metarl import distributed, registry
+from metarl import registry
 from metarl.errors import MetarlError, PluginError, first_line, short_repr
 from metarl.tasks import TaskDistribution, VectorTaskEnv, check_spaces, observation_dim
 
@@ -265,11 +265,3 @@ def make_vector_env(
     if workers is not None:
         return workers.vector_env(family, tasks, episodes_per_task, device)
     return GymVectorTaskEnv(family, tasks, episodes_per_task, device)
-
-
-def worker_pool(num_workers: int | None, timeout: float) -> WorkerPool | None:
-    """The pool for the config's `num_workers` (null: `distributed.local_cores()`); None for one."""
-    from metarl.sampling.workers import WorkerPool
-
-    count = distributed.local_cores() if num_workers is None else num_workers
-    return WorkerPool(count, timeout) if count > 1 else None

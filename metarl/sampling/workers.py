@@ -35,6 +35,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from metarl import distributed
 from metarl.errors import MetarlError, PluginError, first_line
 from metarl.sampling.vector_env import EnvSlice, StepArrays, action_layout, env_error, step_to_device, to_device
 from metarl.tasks import TaskDistribution, VectorTaskEnv
@@ -45,7 +46,14 @@ _IDLE = -1.0
 _CALL = {"load": "make_env", "reset": "reset", "step": "step", "release": "close"}
 
 
+def worker_pool(num_workers: int | None, timeout: float) -> WorkerPool | None:
+    """The pool for the config's `num_workers` (null: `distributed.local_cores()`); None for one."""
+    count = distributed.local_cores() if num_workers is None else num_workers
+    return WorkerPool(count, timeout) if count > 1 else None
+
+
 def start_method() -> str:
+    """fork where the platform has it (the family is inherited, not pickled), else spawn."""
     return "fork" if "fork" in mp.get_all_start_methods() else "spawn"
 
 
@@ -322,16 +330,8 @@ def _worker_main(
                 reply = _loaded(envs).reports_success
             conn.send(("ok", reply))
         except Exception as exc:
-            message = str(exc) if isinstance(exc, MetarlError) else f"{type(exc).__name__}: {exc}"
-            conn.send(
-                (
-                    "error",
-                    first_line(
-                        f"sampler worker {index}: {message}" if not isinstance(exc, MetarlError) else message,
-                        limit=2000,
-                    ),
-                )
-            )
+            prefix = "" if isinstance(exc, MetarlError) else f"sampler worker {index}: {type(exc).__name__}: "
+            conn.send(("error", first_line(f"{prefix}{exc}", limit=2000)))
 
 
 def _loaded(envs: EnvSlice | None) -> EnvSlice:
