@@ -75,8 +75,10 @@ class MAMLTRPO(MetaLearner):
 
     def objective(self, params: Params, adapted: Params, batch: SampledBatch) -> OuterObjective:
         """`outer_loss` at θ = `params` with the adapted parameters `adapted`, and the mean KL."""
-        parts = self.outer_loss(params, replace(batch.adaptation, params=adapted), batch, batch.require_old_log_probs())
-        return OuterObjective(parts, self._mean_kl(adapted, batch))
+        return OuterObjective(self._loss_parts(params, adapted, batch), self._mean_kl(adapted, batch))
+
+    def _loss_parts(self, params: Params, adapted: Params, batch: SampledBatch) -> dict[str, torch.Tensor]:
+        return self.outer_loss(params, replace(batch.adaptation, params=adapted), batch, batch.require_old_log_probs())
 
     def _mean_kl(self, adapted: Params, batch: SampledBatch) -> torch.Tensor:
         """Mean over tasks of the KL from the sampling policies to the policies at `adapted` (this rank's share)."""
@@ -139,12 +141,13 @@ class MAMLTRPO(MetaLearner):
     def _trpo_update(self, params: Params, adaptation: Adaptation, batch: SampledBatch) -> dict[str, float]:
         adapted = {name: p.detach().requires_grad_() for name, p in adaptation.params.items()}
         with record_function("outer/gradient"):
-            before = self.objective(params, adapted, batch)
-            grad = distributed.all_reduce_sum(self._gradient(before.loss, params, adapted, adaptation))
+            # the KL at θ itself is zero: only the loss is needed here
+            before = self._loss_parts(params, adapted, batch)
+            grad = distributed.all_reduce_sum(self._gradient(before["loss"], params, adapted, adaptation))
         # "loss" and "train/surrogate" as train/loss_before and train/surrogate_before, the others as named
         names = {"loss": "train/loss_before", "train/surrogate": "train/surrogate_before"}
-        values = _summed(*before.parts.values())
-        metrics = {names.get(key, key): value for key, value in zip(before.parts, values)}
+        values = _summed(*before.values())
+        metrics = {names.get(key, key): value for key, value in zip(before, values)}
         loss_before = metrics["train/loss_before"]
         with record_function("outer/conjugate_gradient"):
             step = natural_step(grad, self._fisher_product(params, adaptation, batch), self.max_kl, self.cg_iters)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -10,11 +13,34 @@ from metarl.sampling.episodes import Episodes
 from metarl.tasks import VectorTaskEnv
 
 
+@contextmanager
+def one_torch_thread(device: torch.device) -> Iterator[None]:
+    """Torch on one CPU thread for a while: during rollouts the cores belong to the env steppers
+    (MuJoCo's rollout threads, sampler workers), and the policy forward of one step is small, so
+    torch's idle intra-op threads would only spin against them."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @torch.no_grad()
 def sample_episodes(
     policy: nn.Module, params: dict[str, torch.Tensor], env: VectorTaskEnv, horizon: int, seed: int
 ) -> Episodes:
     """Run one episode of at most `horizon` steps in every env; `params` are stacked per task."""
+    with one_torch_thread(next(iter(params.values())).device):
+        return _rollout(policy, params, env, horizon, seed)
+
+
+def _rollout(
+    policy: nn.Module, params: dict[str, torch.Tensor], env: VectorTaskEnv, horizon: int, seed: int
+) -> Episodes:
     obs = env.reset(seed)
     alive = torch.ones(obs.shape[:2], dtype=torch.bool, device=obs.device)
     observations, actions, rewards, masks = [], [], [], []
