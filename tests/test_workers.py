@@ -312,3 +312,29 @@ def test_a_worker_failing_under_the_cli_is_one_line_and_leaves_no_process(faulty
     )
     assert ("killed by SIGSEGV" if fault == "crash" else "did not return from step within 2 s") in lines[0]
     assert _gone_soon(workers)
+
+
+@pytest.mark.slow
+def test_each_torchrun_rank_has_its_own_workers_and_the_same_update(faulty, tmp_path):
+    """--nproc 2 with 2 workers per rank: 4 workers build envs, and θ ends as with every rank's envs
+    in the rank's own process."""
+    final, builders = {}, {}
+    for workers in (1, 2):
+        logdir, log = tmp_path / f"runs-{workers}", tmp_path / f"builds-{workers}.txt"
+        sets = {**SMALL, "num_workers": workers, "iterations": 2, "env_kwargs.build_log": str(log)}
+        result = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+            + ["-m", "metarl", "train", "--env", "faulty", "--logdir", str(logdir), "--no-progress"]
+            + [arg for k, v in sets.items() for arg in ("--set", f"{k}={v}")],
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(faulty), os.environ.get("PYTHONPATH", "")])},
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        (run,) = logdir.iterdir()
+        final[workers] = torch.load(run / "checkpoints" / "iter-000002.pt", weights_only=True)["policy"]
+        builders[workers] = set(log.read_text().split())
+    assert len(builders[1]) == 2  # the two ranks
+    assert len(builders[2]) == 2 + 2 * 2  # the two ranks (a probe env each) and their two workers each
+    assert all(torch.equal(final[1][name], final[2][name]) for name in final[1])
