@@ -14,6 +14,7 @@ _GYM_IDS = {
     "metarl/HalfCheetahDir-v0": ("metarl_envs.mujoco.locomotion:HalfCheetahDirEnv", 200, {}),
     "metarl/AntVel-v0": ("metarl_envs.mujoco.locomotion:AntVelEnv", 200, {}),
     "metarl/AntDir-v0": ("metarl_envs.mujoco.locomotion:AntDirEnv", 200, {}),
+    "metarl/AntDirProMP-v0": ("metarl_envs.mujoco.locomotion:AntDirProMPEnv", 100, {}),
     "metarl/AntGoal-v0": ("metarl_envs.mujoco.locomotion:AntGoalEnv", 200, {}),
     "metarl/HumanoidDir-v0": ("metarl_envs.mujoco.locomotion:HumanoidDirEnv", 200, {}),
     "metarl/HopperParams-v0": ("metarl_envs.mujoco.random_params:HopperParamsEnv", 200, {}),

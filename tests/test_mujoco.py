@@ -96,6 +96,7 @@ def test_goals_lie_in_their_ranges():
     assert all(0 <= t["velocity"] <= 2 for t in registry.envs.load("halfcheetah-vel")().sample_tasks(50, rng))
     assert all(0 <= t["velocity"] <= 3 for t in registry.envs.load("ant-vel")().sample_tasks(50, rng))
     assert {t["direction"] for t in registry.envs.load("ant-dir")().sample_tasks(50, rng)} == {-1, 1}
+    assert {t["direction"] for t in registry.envs.load("ant-dir-promp")().sample_tasks(50, rng)} == {-1, 1}
     assert all(np.hypot(*t["goal"]) <= 3 for t in registry.envs.load("ant-goal")().sample_tasks(50, rng))
 
 
@@ -114,6 +115,35 @@ def test_random_parameters_scale_the_model(name):
 def test_humanoid_dir_uses_the_generic_path():
     family = registry.envs.load("humanoid-dir")()
     assert family.make_vector_env(family.sample_tasks(1, np.random.default_rng(0)), 1, CPU) is None
+
+
+def test_ant_dir_promp_is_promps_ant_rand_direc():
+    """ProMP's reward (contact cost, survive bonus on every step), observation (clipped contact
+    forces) and termination (0 ≤ z ≤ 1), recomputed here from the simulator's data."""
+    family = registry.envs.load("ant-dir-promp")(action_scale=10)
+    assert family.make_vector_env(family.sample_tasks(2, np.random.default_rng(0)), 2, CPU) is None
+    env = family.make_env({"direction": -1})
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (13 + 14 + 13 * 6,)
+    rng, contact_costs = np.random.default_rng(1), []
+    for _ in range(30):
+        action = rng.uniform(-12, 12, size=8)
+        x_before = env.data.qpos[0]
+        obs, reward, terminated, _, _ = env.step(action)
+        control = np.clip(action / 10, -1, 1)
+        contact_costs.append(0.5e-3 * np.square(np.clip(env.data.cfrc_ext, -1, 1)).sum())
+        forward = -(env.data.qpos[0] - x_before) / env.dt
+        assert reward == pytest.approx(forward + 1.0 - 0.5 * np.square(control).sum() - contact_costs[-1], abs=1e-9)
+        np.testing.assert_allclose(obs[27:], np.clip(env.data.cfrc_ext[1:], -1, 1).ravel())
+        assert not terminated
+    assert max(contact_costs) > 0
+    qpos = env.data.qpos.copy()
+    qpos[2] = 1.5  # the torso above z = 1: the step ends the episode and still pays the bonus
+    env.set_state(qpos, env.data.qvel.copy())
+    x_before = env.data.qpos[0]
+    _, reward, terminated, _, _ = env.step(np.zeros(8))
+    contact = 0.5e-3 * np.square(np.clip(env.data.cfrc_ext, -1, 1)).sum()
+    assert terminated and reward == pytest.approx(-(env.data.qpos[0] - x_before) / env.dt + 1.0 - contact, abs=1e-9)
 
 
 @pytest.mark.parametrize(

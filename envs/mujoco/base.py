@@ -6,7 +6,8 @@ observation, reset noise and healthy-termination, and replaces the reward with
     reward = task_reward(qpos before, qpos after) + healthy · healthy_reward − control_cost(action)
 
 where `healthy_reward` and `control_cost` are the v5 env's own (half-cheetah has no healthy bonus).
-The v5 contact cost is dropped: it needs `cfrc_ext`, which is not part of the simulator state.
+The v5 contact cost is dropped (it needs `cfrc_ext`, which is not part of the simulator state),
+except in an env class that sets `contact_cost_in_reward`, which then has no batched path.
 
 The constraint solver starts cold at every env step (`qacc_warmstart` zeroed), as `mujoco.rollout`
 does from a state vector; the batched path (`metarl_envs.mujoco.vector`) then reproduces this env
@@ -39,6 +40,10 @@ class TaskMujocoEnv:
     default_task: ClassVar[dict[str, Any]] = {}
     #: v5 constructor arguments that differ from the v5 defaults
     default_kwargs: ClassVar[dict[str, Any]] = {}
+    #: whether the reward also has the v5 contact cost (it reads `cfrc_ext`, so no batched path)
+    contact_cost_in_reward: ClassVar[bool] = False
+    #: whether the healthy bonus is paid on every step, the one that ends the episode included
+    bonus_on_every_step: ClassVar[bool] = False
 
     def __init__(self, task: dict[str, Any] | None = None, action_scale: float = 1.0, **kwargs: Any) -> None:
         self.task = dict(self.default_task if task is None else task)
@@ -78,8 +83,9 @@ class TaskMujocoEnv:
         healthy = bool(getattr(self, "is_healthy", True))
         reward = (
             self.task_reward(qpos_before[None], self.data.qpos[None])[0]
-            + healthy * getattr(self, "_healthy_reward", 0.0)
+            + (healthy or self.bonus_on_every_step) * getattr(self, "_healthy_reward", 0.0)
             - self.control_cost(action)
+            - (self.contact_cost if self.contact_cost_in_reward else 0.0)
         )
         terminated = not healthy and getattr(self, "_terminate_when_unhealthy", False)
         return self._get_obs(), float(reward), terminated, False, {"x_position": float(self.data.qpos[0])}

@@ -20,6 +20,9 @@ from metarl_envs.mujoco.base import MujocoFamily, TaskMujocoEnv
 CHEETAH = {"ctrl_cost_weight": 0.05}
 # Contact forces are not part of the simulator state; without them the observation is qpos[2:], qvel.
 ANT = {"include_cfrc_ext_in_observation": False}
+# ProMP's AntRandDirec: the clipped contact forces in the observation (and a contact cost of 0.5e-3,
+# v5's default weight), the episode ending only when the torso leaves 0 ≤ z ≤ 1.
+ANT_PROMP = {"include_cfrc_ext_in_observation": True, "healthy_z_range": (0.0, 1.0)}
 
 
 def _signs(num_tasks: int, rng: np.random.Generator) -> list[dict[str, Any]]:
@@ -112,12 +115,25 @@ class HalfCheetahDir(MujocoFamily):
         return _signs(num_tasks, rng)
 
 
+class AntDirProMPEnv(TaskMujocoEnv, AntEnv):
+    """`metarl/AntDirProMP-v0`; see `AntDirProMP`."""
+
+    default_task = {"direction": 1}
+    default_kwargs = ANT_PROMP
+    contact_cost_in_reward = True
+    bonus_on_every_step = True
+
+    def task_reward(self, qpos_before: np.ndarray, qpos_after: np.ndarray) -> np.ndarray:
+        return self.task["direction"] * self.velocity(qpos_before, qpos_after)[:, 0]
+
+
 class AntVel(MujocoFamily):
     """Ant running along x at a target velocity v_goal ~ U[0, 3] (task `{"velocity": v_goal}`).
 
     Reward −|v_x − v_goal| + 1·healthy − 0.5·‖a‖² (the v5 healthy bonus and control cost, equal to
     ProMP's ant; MAML's rllab ant used 0.05 and 0.005·‖a‖²). Observation qpos[2:], qvel (27 values:
-    v5 without contact forces, which were all zero under the mujoco-py 2 of the reference runs).
+    v5 without contact forces, which were all zero under the mujoco-py 2 of pytorch-maml-rl's runs;
+    ProMP's mujoco-py 1.50 had them, see `AntDirProMP`).
     Terminates when unhealthy (v5: torso z outside [0.2, 1] or a non-finite state).
     """
 
@@ -136,6 +152,25 @@ class AntDir(MujocoFamily):
 
     env_class = AntDirEnv
     config_file = "metarl_envs:configs/ant-dir.yaml"
+
+    def sample_tasks(self, num_tasks: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+        return _signs(num_tasks, rng)
+
+
+class AntDirProMP(MujocoFamily):
+    """ProMP's AntRandDirec (Rothfuss et al. 2019, its `ant_rand_direc.py`): the ant running forward or
+    backward along x, d = ±1 with equal odds (task `{"direction": d}`).
+
+    Reward d·v_x + 1 − 0.5·‖a‖² − 0.5e-3·‖clip(cfrc_ext, −1, 1)‖², the survive bonus on every step;
+    observation qpos[2:], qvel and the clipped contact forces of the 13 bodies (105 values: ProMP's 111
+    also hold the world body's, always zero); the episode ends when the torso leaves 0 ≤ z ≤ 1 or the
+    state is not finite. Contact forces are not simulator state, so there is no batched path: the
+    envs step through `make_env`, in worker processes (`num_workers`).
+    """
+
+    env_class = AntDirProMPEnv
+    config_file = "metarl_envs:configs/ant-dir-promp.yaml"
+    max_episode_steps = 100
 
     def sample_tasks(self, num_tasks: int, rng: np.random.Generator) -> list[dict[str, Any]]:
         return _signs(num_tasks, rng)

@@ -33,10 +33,11 @@ Stepper = Callable[[list[mujoco.MjModel], np.ndarray, np.ndarray], np.ndarray]
 
 
 def supports_state_only_stepping(env: TaskMujocoEnv) -> bool:
-    """Whether the env's observation and health check read nothing but qpos and qvel."""
+    """Whether the env's observation, reward and health check read nothing but qpos and qvel."""
     skipped = env.observation_structure["skipped_qpos"]
     state_only = env.observation_space.shape == (env.model.nq - skipped + env.model.nv,)
-    return state_only and isinstance(env, (HalfCheetahEnv, AntEnv, HopperEnv, Walker2dEnv))
+    batched_reward = not (env.contact_cost_in_reward or env.bonus_on_every_step)
+    return state_only and batched_reward and isinstance(env, (HalfCheetahEnv, AntEnv, HopperEnv, Walker2dEnv))
 
 
 def observations(env: TaskMujocoEnv, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:

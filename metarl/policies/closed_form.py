@@ -124,7 +124,7 @@ class GaussianMLPPass:
 
     def _linear(self, name: str, x: torch.Tensor, params: Params | None = None) -> torch.Tensor:
         p = self.params if params is None else params
-        return torch.bmm(x, p[f"{name}.weight"].mT).add_(p[f"{name}.bias"].unsqueeze(1))
+        return torch.baddbmm(p[f"{name}.bias"].unsqueeze(1), x, p[f"{name}.weight"].mT)
 
     def tangent(self, v: Params) -> _Tangent:
         """Forward-mode pass along `v` (R-operator): pre-activation, activation and mean tangents."""
