@@ -21,13 +21,15 @@ DATA = Path(__file__).parent / "data"
 CPU = torch.device("cpu")
 
 
-# ant-dir with a narrow healthy z range and hopper-params both end some episodes early.
+# ant-dir (and ProMP's, with contact forces) with a narrow healthy z range and hopper-params end some
+# episodes early.
 @pytest.mark.parametrize(
     "name,kwargs",
     [
         ("halfcheetah-vel", {}),
         ("halfcheetah-dir", {"action_scale": 10}),
         ("ant-dir", {"healthy_z_range": (0.45, 1.0)}),
+        ("ant-dir-promp", {"action_scale": 10, "healthy_z_range": (0.45, 1.0)}),
         ("hopper-params", {}),
     ],
 )
@@ -120,9 +122,7 @@ def test_humanoid_dir_uses_the_generic_path():
 def test_ant_dir_promp_is_promps_ant_rand_direc():
     """ProMP's reward (contact cost, survive bonus on every step), observation (clipped contact
     forces) and termination (0 ≤ z ≤ 1), recomputed here from the simulator's data."""
-    family = registry.envs.load("ant-dir-promp")(action_scale=10)
-    assert family.make_vector_env(family.sample_tasks(2, np.random.default_rng(0)), 2, CPU) is None
-    env = family.make_env({"direction": -1})
+    env = registry.envs.load("ant-dir-promp")(action_scale=10).make_env({"direction": -1})
     obs, _ = env.reset(seed=0)
     assert obs.shape == (13 + 14 + 13 * 6,)
     rng, contact_costs = np.random.default_rng(1), []

@@ -7,7 +7,8 @@ observation, reset noise and healthy-termination, and replaces the reward with
 
 where `healthy_reward` and `control_cost` are the v5 env's own (half-cheetah has no healthy bonus).
 The v5 contact cost is dropped (it needs `cfrc_ext`, which is not part of the simulator state),
-except in an env class that sets `contact_cost_in_reward`, which then has no batched path.
+except in an env class that sets `contact_cost_in_reward`; the batched path recomputes the ant's
+contact forces from the state before an env step's last substep.
 
 The constraint solver starts cold at every env step (`qacc_warmstart` zeroed), as `mujoco.rollout`
 does from a state vector; the batched path (`metarl_envs.mujoco.vector`) then reproduces this env
@@ -40,7 +41,7 @@ class TaskMujocoEnv:
     default_task: ClassVar[dict[str, Any]] = {}
     #: v5 constructor arguments that differ from the v5 defaults
     default_kwargs: ClassVar[dict[str, Any]] = {}
-    #: whether the reward also has the v5 contact cost (it reads `cfrc_ext`, so no batched path)
+    #: whether the reward also has the v5 contact cost (it reads `cfrc_ext`)
     contact_cost_in_reward: ClassVar[bool] = False
     #: whether the healthy bonus is paid on every step, the one that ends the episode included
     bonus_on_every_step: ClassVar[bool] = False
@@ -73,8 +74,19 @@ class TaskMujocoEnv:
         return (qpos_after[:, :dims] - qpos_before[:, :dims]) / self.dt
 
     def do_simulation(self, ctrl: np.ndarray, n_frames: int) -> None:
+        if self.contact_forces_read and n_frames > 1:
+            # cold again for the last substep, after which cfrc_ext is read: the batched path runs
+            # that substep alone from the state vector before it
+            self.data.qacc_warmstart[:] = 0
+            super().do_simulation(ctrl, n_frames - 1)
+            n_frames = 1
         self.data.qacc_warmstart[:] = 0  # see the module docstring
         super().do_simulation(ctrl, n_frames)
+
+    @property
+    def contact_forces_read(self) -> bool:
+        """Whether the observation or the reward reads `cfrc_ext`."""
+        return self.contact_cost_in_reward or bool(getattr(self, "_include_cfrc_ext_in_observation", False))
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         action = self.to_control(action)
@@ -144,12 +156,12 @@ class MujocoFamily(TaskDistribution):
     def make_vector_env(
         self, tasks: list[dict[str, Any]], episodes_per_task: int, device: torch.device
     ) -> MujocoVectorEnv | None:
-        from metarl_envs.mujoco.vector import MujocoVectorEnv, supports_state_only_stepping
+        from metarl_envs.mujoco.vector import MujocoVectorEnv, supports_batched_stepping
 
         while len(self._pool) < len(tasks):
             self._pool.append(self.make_env(tasks[len(self._pool)]))
         envs = self._pool[: len(tasks)]
-        if not supports_state_only_stepping(envs[0]):
+        if not supports_batched_stepping(envs[0]):
             return None
         for env, task in zip(envs, tasks):
             env.set_task(task)

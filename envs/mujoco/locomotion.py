@@ -164,8 +164,8 @@ class AntDirProMP(MujocoFamily):
     Reward d·v_x + 1 − 0.5·‖a‖² − 0.5e-3·‖clip(cfrc_ext, −1, 1)‖², the survive bonus on every step;
     observation qpos[2:], qvel and the clipped contact forces of the 13 bodies (105 values: ProMP's 111
     also hold the world body's, always zero); the episode ends when the torso leaves 0 ≤ z ≤ 1 or the
-    state is not finite. Contact forces are not simulator state, so there is no batched path: the
-    envs step through `make_env`, in worker processes (`num_workers`).
+    state is not finite. Contact forces are not simulator state: the batched path recomputes them
+    from the state before each env step's last substep.
     """
 
     env_class = AntDirProMPEnv

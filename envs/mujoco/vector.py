@@ -32,18 +32,33 @@ FULLPHYSICS = mujoco.mjtState.mjSTATE_FULLPHYSICS.value
 Stepper = Callable[[list[mujoco.MjModel], np.ndarray, np.ndarray], np.ndarray]
 
 
-def supports_state_only_stepping(env: TaskMujocoEnv) -> bool:
-    """Whether the env's observation, reward and health check read nothing but qpos and qvel."""
+def reads_contact_forces(env: TaskMujocoEnv) -> bool:
+    """Whether the env's observation or reward reads the contact forces `cfrc_ext` (an ant's)."""
+    return isinstance(env, AntEnv) and env.contact_forces_read
+
+
+def supports_batched_stepping(env: TaskMujocoEnv) -> bool:
+    """Whether the env's observation, reward and health check read nothing but qpos, qvel and, for
+    an ant, the contact forces that `MujocoVectorEnv` recomputes."""
     skipped = env.observation_structure["skipped_qpos"]
-    state_only = env.observation_space.shape == (env.model.nq - skipped + env.model.nv,)
-    batched_reward = not (env.contact_cost_in_reward or env.bonus_on_every_step)
-    return state_only and batched_reward and isinstance(env, (HalfCheetahEnv, AntEnv, HopperEnv, Walker2dEnv))
+    width = env.model.nq - skipped + env.model.nv
+    if isinstance(env, AntEnv) and env._include_cfrc_ext_in_observation:
+        width += 6 * (env.model.nbody - 1)
+    contact_ok = not env.contact_cost_in_reward or isinstance(env, AntEnv)
+    batched = isinstance(env, (HalfCheetahEnv, AntEnv, HopperEnv, Walker2dEnv))
+    return env.observation_space.shape == (width,) and contact_ok and batched
 
 
-def observations(env: TaskMujocoEnv, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
-    """The v5 `_get_obs` of each row."""
+def observations(
+    env: TaskMujocoEnv, qpos: np.ndarray, qvel: np.ndarray, contact_forces: np.ndarray | None = None
+) -> np.ndarray:
+    """The v5 `_get_obs` of each row; `contact_forces` [N, nbody, 6] are the clipped `cfrc_ext`."""
     velocity = np.clip(qvel, -10, 10) if isinstance(env, (HopperEnv, Walker2dEnv)) else qvel
-    return np.concatenate([qpos[:, env.observation_structure["skipped_qpos"] :], velocity], axis=1)
+    parts = [qpos[:, env.observation_structure["skipped_qpos"] :], velocity]
+    if isinstance(env, AntEnv) and env._include_cfrc_ext_in_observation:
+        assert contact_forces is not None, "this ant observes contact forces"
+        parts.append(contact_forces[:, 1:].reshape(len(qpos), -1))  # v5 leaves out the world body's
+    return np.concatenate(parts, axis=1)
 
 
 def healthy(env: TaskMujocoEnv, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
@@ -114,17 +129,47 @@ class MujocoVectorEnv(VectorTaskEnv):
         self._qpos = slice(start, start + model.nq)
         self._qvel = slice(start + model.nq, start + model.nq + model.nv)
         self._done = np.zeros(len(self._models), dtype=bool)
-        self._step = stepper or make_stepper(model, first.frame_skip, distributed.local_cores())
+        cores = distributed.local_cores()
+        # With contact forces the last substep of each env step runs here, row by row, as the env
+        # runs it (`TaskMujocoEnv.do_simulation`): cfrc_ext is what mj_rnePostConstraint leaves after it.
+        self._contact = reads_contact_forces(first)
+        substeps = first.frame_skip - 1 if self._contact else first.frame_skip
+        self._step = stepper or (make_stepper(model, substeps, cores) if substeps else None)
+        self._contact_forces = np.zeros((len(self._models), model.nbody, 6))
+        self._scratch = mujoco.MjData(model)
         # The v5 env's reward and termination settings, shared by all tasks of a family.
         self._healthy_reward = getattr(first, "_healthy_reward", 0.0)
         self._terminates = getattr(first, "_terminate_when_unhealthy", False)
         self._ctrl_cost_weight = first._ctrl_cost_weight
 
     def _observations(self) -> np.ndarray:
-        return observations(self.envs[0], self._state[:, self._qpos], self._state[:, self._qvel])
+        qpos, qvel = self._state[:, self._qpos], self._state[:, self._qvel]
+        return observations(self.envs[0], qpos, qvel, self._clipped_contact_forces())
+
+    def _clipped_contact_forces(self) -> np.ndarray:
+        low, high = getattr(self.envs[0], "_contact_force_range", (-np.inf, np.inf))
+        return np.clip(self._contact_forces, low, high)
+
+    def _advance(self, running: np.ndarray, controls: np.ndarray) -> None:
+        """One env step of the `running` rows; with contact forces, those of its last substep."""
+        models, states = [self._models[i] for i in running], self._state[running]
+        stepped = states if self._step is None else self._step(models, states, controls)
+        if not self._contact:
+            self._state[running] = stepped
+            return
+        data = self._scratch
+        for row, model, state, control in zip(running, models, stepped, controls):
+            mujoco.mj_setState(model, data, state, FULLPHYSICS)
+            data.qacc_warmstart[:] = 0
+            data.ctrl[:] = control
+            mujoco.mj_step(model, data)
+            mujoco.mj_rnePostConstraint(model, data)
+            mujoco.mj_getState(model, data, self._state[row], FULLPHYSICS)
+            self._contact_forces[row] = data.cfrc_ext
 
     def reset(self, seed: int) -> torch.Tensor:
         self._done[:] = False
+        self._contact_forces[:] = 0  # mj_resetData's, which a reset's forward pass leaves
         for i in range(len(self._state)):
             env = self.envs[i // self.episodes_per_task]
             env.reset(seed=seed + i)
@@ -136,16 +181,18 @@ class MujocoVectorEnv(VectorTaskEnv):
         action = self.envs[0].to_control(actions.detach().cpu().numpy().reshape(len(self._state), -1))
         running = np.flatnonzero(~self._done)
         qpos_before = self._state[:, self._qpos].copy()
-        self._state[running] = self._step(
-            [self._models[i] for i in running], self._state[running], action[running].astype(np.float64)
-        )
+        self._advance(running, action[running].astype(np.float64))
         qpos, qvel = self._state[:, self._qpos], self._state[:, self._qvel]
         is_healthy = healthy(self.envs[0], qpos, qvel)
         shape = (self.num_tasks, self.episodes_per_task, -1)
         reward = np.concatenate(
             [env.task_reward(*rows) for env, *rows in zip(self.envs, qpos_before.reshape(shape), qpos.reshape(shape))]
         )
-        reward = reward + is_healthy * self._healthy_reward - self._ctrl_cost_weight * np.square(action).sum(axis=1)
+        first = self.envs[0]
+        bonus = (is_healthy | first.bonus_on_every_step) * self._healthy_reward
+        reward = reward + bonus - self._ctrl_cost_weight * np.square(action).sum(axis=1)
+        if first.contact_cost_in_reward:
+            reward = reward - first._contact_cost_weight * np.square(self._clipped_contact_forces()).sum(axis=(1, 2))
         self._done |= ~is_healthy & self._terminates
         shape = (self.num_tasks, self.episodes_per_task)
         return step_to_device(self._observations(), reward, self._done, shape, self.device)
