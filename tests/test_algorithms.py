@@ -11,10 +11,12 @@ from conftest import small_batch
 from torch.func import functional_call
 
 from metarl import registry
+from metarl.algos import base, maml_trpo
 from metarl.algos.adaptation import policy_gradient_loss
 from metarl.algos.base import VALIDATION_METRIC, GradientMetaLearner, MetaLearner, SampledBatch
 from metarl.build import make_family, make_learner, make_policy, probe_spaces, seed_everything
 from metarl.config import build_config
+from metarl.policies import batched, closed_form
 from metarl.policies.batched import detach, stack
 from metarl.sampling.episodes import masked_mean
 from metarl_envs.navigation import Navigation2D
@@ -210,3 +212,36 @@ def test_e_maml_trpo_is_maml_trpo_plus_the_exploration_term():
         thetas[name, weight] = torch.cat([p.detach().reshape(-1) for p in learner.policy.parameters()])
     assert torch.equal(thetas["maml-trpo", None], thetas["e-maml-trpo", 0.0])
     assert not torch.allclose(thetas["maml-trpo", None], thetas["e-maml-trpo", 1.0])
+
+
+def test_an_iteration_takes_the_lvc_denominator_and_the_kl_to_the_sampling_policies_once(monkeypatch):
+    """The LVC loss's log πθo and the line search's KL pass at the sampling θᵢ' are computed once
+    per batch, and give the values computed afresh."""
+    calls = {"log_probs": 0, "kl_from": 0}
+    sampling_log_probs, kl_from = base.sampling_log_probs, maml_trpo.policy_kl_from
+
+    def count(name, fn):
+        def counted(*args):
+            calls[name] += 1
+            return fn(*args)
+
+        return counted
+
+    monkeypatch.setattr(base, "sampling_log_probs", count("log_probs", sampling_log_probs))
+    monkeypatch.setattr(maml_trpo, "policy_kl_from", count("kl_from", kl_from))
+    learner, rng = _learner("maml-trpo", algo_kwargs={"inner_loss": "lvc", "cg_subsample": 1.0})
+    batch = learner.sample(rng)
+    assert calls["log_probs"] == 1  # the inner step of the sampling
+    cached = learner._lvc_log_probs(batch.train)
+    sampling = stack(learner.sampling_params, len(batch.train))
+    fresh = batched.log_probs(learner.policy, sampling, batch.train.observations, batch.train.actions)
+    assert torch.equal(cached, fresh)
+    metrics = learner.update(batch)
+    assert metrics["train/line_search_steps"] >= 1
+    assert calls == {"log_probs": 1, "kl_from": 1}  # every line-search step reused both
+    adapted = detach(batch.require_old_adapted())
+    moved = {name: p + 0.01 for name, p in adapted.items()}
+    obs = batch.require_valid().observations
+    kl = closed_form.KLFrom(learner.policy, adapted, obs)
+    assert torch.equal(kl(moved), closed_form.kl(learner.policy, adapted, moved, obs))
+    assert kl(adapted).abs().max() < 1e-6

@@ -19,23 +19,32 @@ def policy_gradient_loss(policy: nn.Module, params: Params, episodes: Episodes) 
     return -masked_mean(logp * episodes.require_advantages(), episodes.mask)
 
 
-def likelihood_ratios(policy: nn.Module, params: Params, sampling: Params, episodes: Episodes) -> torch.Tensor:
-    """π(a|s)/π_o(a|s) per step ([T, E, H]), π_o the policy with the (stacked) `sampling` parameters."""
+def sampling_log_probs(policy: nn.Module, sampling: Params, episodes: Episodes) -> torch.Tensor:
+    """log π_o(a|s) of the episodes' actions ([T, E, H]), π_o the policy with the (stacked) `sampling`
+    parameters that sampled them: the constant denominator of the LVC loss."""
     with torch.no_grad():
-        old = log_probs(policy, sampling, episodes.observations, episodes.actions)
-    return torch.exp(log_probs(policy, params, episodes.observations, episodes.actions) - old)
+        return log_probs(policy, sampling, episodes.observations, episodes.actions)
 
 
-def inner_losses(policy: nn.Module, params: Params, episodes: Episodes, sampling: Params | None) -> torch.Tensor:
-    """The inner loss per task ([T]): MAML's −mean(log π(a|s)·A), or with `sampling` (stacked
-    parameters that sampled the episodes) ProMP's low-variance-curvature loss −mean(π/π_o·A).
+def likelihood_ratios(
+    policy: nn.Module, params: Params, episodes: Episodes, old_log_probs: torch.Tensor
+) -> torch.Tensor:
+    """π(a|s)/π_o(a|s) per step ([T, E, H]), `old_log_probs` = log π_o(a|s) (`sampling_log_probs`)."""
+    return torch.exp(log_probs(policy, params, episodes.observations, episodes.actions) - old_log_probs)
 
-    At `params` = `sampling` the LVC gradient is the policy gradient; its Hessian is E[(∇²log π + ∇log π
+
+def inner_losses(
+    policy: nn.Module, params: Params, episodes: Episodes, old_log_probs: torch.Tensor | None
+) -> torch.Tensor:
+    """The inner loss per task ([T]): MAML's −mean(log π(a|s)·A), or with `old_log_probs` (those of
+    the policy π_o that sampled the episodes) ProMP's low-variance-curvature loss −mean(π/π_o·A).
+
+    At π = π_o the LVC gradient is the policy gradient; its Hessian is E[(∇²log π + ∇log π
     ∇log πᵀ)·A] per step, without the cross-step terms of the DiCE/MAML estimator (Rothfuss et al. 2019).
     """
-    if sampling is None:
+    if old_log_probs is None:
         return policy_gradient_loss(policy, params, episodes)
-    ratio = likelihood_ratios(policy, params, sampling, episodes)
+    ratio = likelihood_ratios(policy, params, episodes, old_log_probs)
     return -masked_mean(ratio * episodes.require_advantages(), episodes.mask)
 
 
@@ -74,13 +83,12 @@ def adapt(
     lr: float,
     num_steps: int,
     first_order: bool,
-    sampling: Params | None = None,
+    old_log_probs: torch.Tensor | None = None,
 ) -> Adaptation:
     """The inner loop for all tasks at once from shared θ = `params`, differentiable w.r.t. it
-    (first order: only through the identity part of θ' = θ − α∇L); with `sampling` (the θ that sampled
-    `episodes`) on ProMP's LVC loss."""
-    stacked = None if sampling is None else stack(sampling, len(episodes))
-    return adapt_stacked(policy, stack(params, len(episodes)), episodes, lr, num_steps, first_order, stacked)
+    (first order: only through the identity part of θ' = θ − α∇L); with `old_log_probs` (those of the
+    policy that sampled `episodes`, `sampling_log_probs`) on ProMP's LVC loss."""
+    return adapt_stacked(policy, stack(params, len(episodes)), episodes, lr, num_steps, first_order, old_log_probs)
 
 
 def inner_loop(
@@ -113,23 +121,24 @@ def adapt_stacked(
     lr: float,
     num_steps: int,
     first_order: bool,
-    sampling: Params | None = None,
+    old_log_probs: torch.Tensor | None = None,
 ) -> Adaptation:
     """Policy-gradient inner steps from per-task parameters `stacked` (leading task dimension), on
-    ProMP's LVC loss with `sampling` (stacked parameters that sampled `episodes`).
+    ProMP's LVC loss with `old_log_probs` (those of the policy that sampled `episodes`).
 
     The per-task losses are summed: task i's loss depends only on slice i of the stacked parameters,
     so one gradient of the sum holds every task's own gradient. The Hessian products are closed-form
     where `policy_gradient_hessian` has one for the policy.
     """
-    loss = lambda p: inner_losses(policy, p, episodes, sampling)  # noqa: E731
+    loss = lambda p: inner_losses(policy, p, episodes, old_log_probs)  # noqa: E731
     weights = episodes.require_advantages() * step_weights(episodes.mask)
+    lvc = old_log_probs is not None
 
     def hessian(iterate: Params, grads: Params) -> HessianProduct:
         coef = weights
-        if sampling is not None:  # LVC
-            coef = weights * likelihood_ratios(policy, iterate, sampling, episodes).detach()
-        lvc = sampling is not None
+        if old_log_probs is not None:
+            with torch.no_grad():
+                coef = weights * likelihood_ratios(policy, iterate, episodes, old_log_probs)
         return policy_gradient_hessian(policy, iterate, episodes.observations, episodes.actions, coef, grads, lvc)
 
     adapted, hessians = inner_loop(stacked, loss, lr, num_steps, first_order, hessian)

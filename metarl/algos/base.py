@@ -23,7 +23,7 @@ from torch import nn
 from torch.profiler import record_function
 
 from metarl import distributed, metrics
-from metarl.algos.adaptation import Adaptation, adapt, inner_losses
+from metarl.algos.adaptation import Adaptation, adapt, inner_losses, sampling_log_probs
 from metarl.algos.held_out import AdaptationResult, evaluate_adaptation
 from metarl.algos.trpo import flatten
 from metarl.config import Config
@@ -149,6 +149,8 @@ class MetaLearner:
         self.device = torch.device(device)
         self.horizon = config.horizon_for(family)
         self.sampling_params: Params = {}  # θ that sampled the current batch's train episodes (θo)
+        #: id(episodes) -> (episodes, their log πθo): the current batch's, see `_lvc_log_probs`
+        self._sampling_log_probs: dict[int, tuple[Episodes, torch.Tensor]] = {}
         #: processes that step the generic make_env path (None: in this process); see `close`
         self.workers = worker_pool(config.num_workers, config.worker_timeout)
 
@@ -158,8 +160,22 @@ class MetaLearner:
         The LVC ratio is taken to the policy that sampled `train` (`sampling_params`, θ itself when no
         batch was sampled), so re-adapting from another θ weighs the episodes by importance.
         """
+        return inner_losses(self.policy, adapted, train, self._lvc_log_probs(train))
+
+    def _lvc_log_probs(self, train: Episodes) -> torch.Tensor | None:
+        """log πθo(a|s) of `train`'s actions for the LVC loss (None for the log-likelihood loss),
+        computed once per episodes object of the current batch: every inner step, line-search step
+        and Adam step of an iteration divides by the same values."""
         sampling = self._lvc_sampling()
-        return inner_losses(self.policy, adapted, train, None if sampling is None else stack(sampling, len(train)))
+        if sampling is None:
+            return None
+        if not self.sampling_params:  # θo is θ itself, which may have moved since the last call
+            return sampling_log_probs(self.policy, stack(sampling, len(train)), train)
+        cached = self._sampling_log_probs.get(id(train))
+        if cached is None or cached[0] is not train:
+            cached = (train, sampling_log_probs(self.policy, stack(sampling, len(train)), train))
+            self._sampling_log_probs[id(train)] = cached
+        return cached[1]
 
     def _lvc_sampling(self) -> Params | None:
         """θo for the LVC loss (θ itself when no batch was sampled), None for the log-likelihood loss."""
@@ -171,7 +187,7 @@ class MetaLearner:
         """The inner loop from θ = `params` for every task of `train` (MAML's policy-gradient step, or
         ProMP's LVC step with `inner_loss: lvc`)."""
         c = self.config
-        return adapt(self.policy, params, train, c.inner_lr, c.num_inner_steps, first_order, self._lvc_sampling())
+        return adapt(self.policy, params, train, c.inner_lr, c.num_inner_steps, first_order, self._lvc_log_probs(train))
 
     def episodes(self, params: Params, env: VectorTaskEnv, seed: int) -> Episodes:
         """Episodes with stacked `params`, with GAE advantages."""
@@ -195,6 +211,7 @@ class MetaLearner:
         env = make_vector_env(self.family, own, c.fast_batch_size, self.device, self.workers)
         params: Params = dict(self.policy.named_parameters())
         self.sampling_params = {n: p.detach().clone() for n, p in params.items()}
+        self._sampling_log_probs = {}
         valid = None
         try:
             train = self.episodes(stack(detach(params), len(own)), env, train_seed + offset)

@@ -39,7 +39,7 @@ from metarl.hyperparameters import (
     POSITIVE_INT,
     Hyperparameter,
 )
-from metarl.policies.batched import Params, detach, policy_kl
+from metarl.policies.batched import Params, detach, policy_kl_from
 from metarl.sampling.episodes import step_weights
 
 
@@ -72,6 +72,7 @@ class MAMLTRPO(MetaLearner):
     )
     ls_max_steps = Hyperparameter(15, POSITIVE_INT, "backtracking line-search steps")
     ls_backtrack_ratio = Hyperparameter(0.8, OPEN_UNIT_INTERVAL, "step shrink factor per backtracking step")
+    _kl_cache: tuple[SampledBatch, Callable[[Params], torch.Tensor]] | None = None
 
     def objective(self, params: Params, adapted: Params, batch: SampledBatch) -> OuterObjective:
         """`outer_loss` at θ = `params` with the adapted parameters `adapted`, and the mean KL."""
@@ -82,8 +83,15 @@ class MAMLTRPO(MetaLearner):
 
     def _mean_kl(self, adapted: Params, batch: SampledBatch) -> torch.Tensor:
         """Mean over tasks of the KL from the sampling policies to the policies at `adapted` (this rank's share)."""
-        kl = policy_kl(self.policy, batch.require_old_adapted(), adapted, batch.require_valid().observations)
-        return (kl * _kl_weights(batch)).sum()
+        return (self._kl_from_sampling(batch)(adapted) * _kl_weights(batch)).sum()
+
+    def _kl_from_sampling(self, batch: SampledBatch) -> Callable[[Params], torch.Tensor]:
+        """adapted ↦ the KL from the sampling policies per validation step, their forward pass computed
+        once per batch (the line search evaluates it at every step)."""
+        if self._kl_cache is None or self._kl_cache[0] is not batch:
+            valid = batch.require_valid()
+            self._kl_cache = (batch, policy_kl_from(self.policy, batch.require_old_adapted(), valid.observations))
+        return self._kl_cache[1]
 
     def _fisher_product(
         self, params: Params, adaptation: Adaptation, batch: SampledBatch
@@ -132,7 +140,10 @@ class MAMLTRPO(MetaLearner):
 
     def update(self, batch: SampledBatch) -> dict[str, float]:
         """TRPO step on θ from the sampled meta-batch (θ unchanged if no step is accepted)."""
-        return self._trpo_update(dict(self.policy.named_parameters()), batch.adaptation, batch)
+        try:
+            return self._trpo_update(dict(self.policy.named_parameters()), batch.adaptation, batch)
+        finally:
+            self._kl_cache = None  # not to hold the batch through the next sampling
 
     def refused(self) -> dict[str, float]:
         refused = {"train/surrogate_before": math.nan, "train/loss_before": math.nan, "train/non_finite": 1.0}

@@ -88,6 +88,14 @@ def _kl(p: Distribution, q: Distribution) -> torch.Tensor:
     return kl_divergence(p, q)
 
 
+def policy_kl_from(policy: nn.Module, params_p: Params, obs: torch.Tensor) -> Callable[[Params], torch.Tensor]:
+    """q ↦ `policy_kl(policy, params_p, q, obs)`; for the built-in Gaussian MLP, π_p's forward pass
+    is computed once for every q (the line search's KL to the sampling policies)."""
+    if closed_form.supports(policy):
+        return closed_form.KLFrom(policy, params_p, obs)
+    return lambda params_q: policy_kl(policy, params_p, params_q, obs)
+
+
 def policy_kl(policy: nn.Module, params_p: Params, params_q: Params, obs: torch.Tensor) -> torch.Tensor:
     """KL(π_p(·|s) ‖ π_q(·|s)) per observation, per task."""
     if closed_form.supports(policy):

@@ -51,10 +51,21 @@ def log_probs(policy: GaussianMLP, params: Params, obs: torch.Tensor, actions: t
 
 def kl(policy: GaussianMLP, params_p: Params, params_q: Params, obs: torch.Tensor) -> torch.Tensor:
     """KL(π_p(·|s) ‖ π_q(·|s)) per observation."""
-    p, q = GaussianMLPPass(policy, params_p, obs), GaussianMLPPass(policy, params_q, obs)
-    variance_p = torch.exp(2 * p.log_std)
-    per_dim = q.log_std - p.log_std + (variance_p + (p.mean - q.mean).square()) / (2 * torch.exp(2 * q.log_std))
-    return (per_dim - 0.5).sum(-1).reshape(obs.shape[:-1])
+    return KLFrom(policy, params_p, obs)(params_q)
+
+
+class KLFrom:
+    """q ↦ KL(π_p(·|s) ‖ π_q(·|s)) per observation, π_p's network evaluated once for every q."""
+
+    def __init__(self, policy: GaussianMLP, params_p: Params, obs: torch.Tensor) -> None:
+        self.policy, self.obs = policy, obs
+        self.p = GaussianMLPPass(policy, params_p, obs)
+
+    def __call__(self, params_q: Params) -> torch.Tensor:
+        p, q = self.p, GaussianMLPPass(self.policy, params_q, self.obs)
+        variance_p = torch.exp(2 * p.log_std)
+        per_dim = q.log_std - p.log_std + (variance_p + (p.mean - q.mean).square()) / (2 * torch.exp(2 * q.log_std))
+        return (per_dim - 0.5).sum(-1).reshape(self.obs.shape[:-1])
 
 
 def sample(policy: GaussianMLP, params: Params, obs: torch.Tensor) -> torch.Tensor:
