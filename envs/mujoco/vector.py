@@ -28,7 +28,7 @@ from metarl.tasks import VectorTaskEnv
 from metarl_envs.mujoco.base import TaskMujocoEnv
 
 FULLPHYSICS = mujoco.mjtState.mjSTATE_FULLPHYSICS.value
-# (models, states [n, nstate], controls [n, nu]) -> states after `frame_skip` substeps
+# (models, states [n, nstate], controls [n, nu]) -> states after the stepper's number of substeps
 Stepper = Callable[[list[mujoco.MjModel], np.ndarray, np.ndarray], np.ndarray]
 
 
@@ -144,7 +144,7 @@ class MujocoVectorEnv(VectorTaskEnv):
 
     def _observations(self) -> np.ndarray:
         qpos, qvel = self._state[:, self._qpos], self._state[:, self._qvel]
-        return observations(self.envs[0], qpos, qvel, self._clipped_contact_forces())
+        return observations(self.envs[0], qpos, qvel, self._clipped_contact_forces() if self._contact else None)
 
     def _clipped_contact_forces(self) -> np.ndarray:
         low, high = getattr(self.envs[0], "_contact_force_range", (-np.inf, np.inf))
