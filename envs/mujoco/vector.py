@@ -136,7 +136,7 @@ class MujocoVectorEnv(VectorTaskEnv):
         substeps = first.frame_skip - 1 if self._contact else first.frame_skip
         self._step = stepper or (make_stepper(model, substeps, cores) if substeps else None)
         self._contact_forces = np.zeros((len(self._models), model.nbody, 6))
-        self._scratch = mujoco.MjData(model)
+        self._scratch = mujoco.MjData(model) if self._contact else None
         # The v5 env's reward and termination settings, shared by all tasks of a family.
         self._healthy_reward = getattr(first, "_healthy_reward", 0.0)
         self._terminates = getattr(first, "_terminate_when_unhealthy", False)
@@ -154,10 +154,10 @@ class MujocoVectorEnv(VectorTaskEnv):
         """One env step of the `running` rows; with contact forces, those of its last substep."""
         models, states = [self._models[i] for i in running], self._state[running]
         stepped = states if self._step is None else self._step(models, states, controls)
-        if not self._contact:
+        data = self._scratch
+        if data is None:  # no contact forces to read
             self._state[running] = stepped
             return
-        data = self._scratch
         for row, model, state, control in zip(running, models, stepped, controls):
             mujoco.mj_setState(model, data, state, FULLPHYSICS)
             data.qacc_warmstart[:] = 0

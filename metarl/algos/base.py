@@ -169,13 +169,13 @@ class MetaLearner:
         sampling = self._lvc_sampling()
         if sampling is None:
             return None
-        if not self.sampling_params:  # θo is θ itself, which may have moved since the last call
-            return sampling_log_probs(self.policy, stack(sampling, len(train)), train)
         cached = self._sampling_log_probs.get(id(train))
-        if cached is None or cached[0] is not train:
-            cached = (train, sampling_log_probs(self.policy, stack(sampling, len(train)), train))
-            self._sampling_log_probs[id(train)] = cached
-        return cached[1]
+        if cached is not None and cached[0] is train:
+            return cached[1]
+        values = sampling_log_probs(self.policy, stack(sampling, len(train)), train)
+        if self.sampling_params:  # θo of the batch; θ itself (no batch sampled) may move between calls
+            self._sampling_log_probs[id(train)] = (train, values)
+        return values
 
     def _lvc_sampling(self) -> Params | None:
         """θo for the LVC loss (θ itself when no batch was sampled), None for the log-likelihood loss."""
