@@ -34,9 +34,11 @@ CPU = torch.device("cpu")
     ],
 )
 @pytest.mark.parametrize("stepper", ["rollout", "python"])
-def test_batched_path_equals_make_env_step_for_step(name, kwargs, stepper, monkeypatch):
+@pytest.mark.parametrize("cores", [1, 3])  # 3: rollout's and the contact substep's threads, rows split unevenly
+def test_batched_path_equals_make_env_step_for_step(name, kwargs, stepper, cores, monkeypatch):
     if stepper == "python":
         monkeypatch.delattr(vector.rollout, "Rollout", raising=False)
+    monkeypatch.setattr(vector.distributed, "local_cores", lambda: cores)
     family = registry.envs.load(name)(**kwargs)
     tasks = family.sample_tasks(2, np.random.default_rng(0))
     fast = family.make_vector_env(tasks, 2, CPU)
@@ -58,6 +60,7 @@ def test_batched_path_equals_make_env_step_for_step(name, kwargs, stepper, monke
     # Bit for bit in float64 too, which float32 observations of 40 steps would not reveal.
     qpos = np.stack([env.unwrapped.data.qpos for env in slow.envs])
     np.testing.assert_array_equal(fast._state[:, fast._qpos], qpos)
+    fast.close()
 
 
 def test_halfcheetah_vel_reward_is_the_documented_one():

@@ -12,6 +12,7 @@ reset it to the initial pose.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import mujoco
 import numpy as np
@@ -136,7 +137,10 @@ class MujocoVectorEnv(VectorTaskEnv):
         substeps = first.frame_skip - 1 if self._contact else first.frame_skip
         self._step = stepper or (make_stepper(model, substeps, cores) if substeps else None)
         self._contact_forces = np.zeros((len(self._models), model.nbody, 6))
-        self._scratch = mujoco.MjData(model) if self._contact else None
+        # That substep runs on `cores` Python threads (MuJoCo's calls release the GIL), each with its
+        # own scratch MjData and a contiguous share of the rows.
+        self._scratch = [mujoco.MjData(model) for _ in range(cores)] if self._contact else []
+        self._row_threads = ThreadPoolExecutor(cores) if self._contact and cores > 1 else None
         # The v5 env's reward and termination settings, shared by all tasks of a family.
         self._healthy_reward = getattr(first, "_healthy_reward", 0.0)
         self._terminates = getattr(first, "_terminate_when_unhealthy", False)
@@ -154,14 +158,35 @@ class MujocoVectorEnv(VectorTaskEnv):
         """One env step of the `running` rows; with contact forces, those of its last substep."""
         models, states = [self._models[i] for i in running], self._state[running]
         stepped = states if self._step is None else self._step(models, states, controls)
-        data = self._scratch
-        if data is None:  # no contact forces to read
+        if not self._contact:
             self._state[running] = stepped
             return
-        for row, model, state, control in zip(running, models, stepped, controls):
-            mujoco.mj_setState(model, data, state, FULLPHYSICS)
+        shares = np.array_split(np.arange(len(running)), len(self._scratch))
+        if self._row_threads is None:
+            self._last_substep(shares[0], running, models, stepped, controls, self._scratch[0])
+            return
+        jobs = [
+            self._row_threads.submit(self._last_substep, share, running, models, stepped, controls, data)
+            for share, data in zip(shares, self._scratch)
+        ]
+        for job in jobs:
+            job.result()
+
+    def _last_substep(
+        self,
+        share: np.ndarray,
+        running: np.ndarray,
+        models: list[mujoco.MjModel],
+        stepped: np.ndarray,
+        controls: np.ndarray,
+        data: mujoco.MjData,
+    ) -> None:
+        """The contact-reading last substep of the `share` positions of `running`, on `data`."""
+        for k in share:
+            row, model = running[k], models[k]
+            mujoco.mj_setState(model, data, stepped[k], FULLPHYSICS)
             data.qacc_warmstart[:] = 0
-            data.ctrl[:] = control
+            data.ctrl[:] = controls[k]
             mujoco.mj_step(model, data)
             mujoco.mj_rnePostConstraint(model, data)
             mujoco.mj_getState(model, data, self._state[row], FULLPHYSICS)
@@ -196,3 +221,7 @@ class MujocoVectorEnv(VectorTaskEnv):
         self._done |= ~is_healthy & self._terminates
         shape = (self.num_tasks, self.episodes_per_task)
         return step_to_device(self._observations(), reward, self._done, shape, self.device)
+
+    def close(self) -> None:
+        if self._row_threads is not None:
+            self._row_threads.shutdown()
