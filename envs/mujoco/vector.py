@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import mujoco
 import numpy as np
@@ -162,23 +163,17 @@ class MujocoVectorEnv(VectorTaskEnv):
             self._state[running] = stepped
             return
         shares = np.array_split(np.arange(len(running)), len(self._scratch))
-        if self._row_threads is None:
-            self._last_substep(shares[0], running, models, stepped, controls, self._scratch[0])
-            return
-        jobs = [
-            self._row_threads.submit(self._last_substep, share, running, models, stepped, controls, data)
-            for share, data in zip(shares, self._scratch)
-        ]
-        for job in jobs:
-            job.result()
+        substep = partial(self._last_substep, running, models, stepped, controls)
+        run = map if self._row_threads is None else self._row_threads.map
+        list(run(substep, shares, self._scratch))  # list: wait for every share, raise what one raised
 
     def _last_substep(
         self,
-        share: np.ndarray,
         running: np.ndarray,
         models: list[mujoco.MjModel],
         stepped: np.ndarray,
         controls: np.ndarray,
+        share: np.ndarray,
         data: mujoco.MjData,
     ) -> None:
         """The contact-reading last substep of the `share` positions of `running`, on `data`."""
