@@ -23,6 +23,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import numpy as np
+
 from metarl.errors import MetarlError, short_repr
 from metarl.hyperparameters import MAX_ITERATIONS
 
@@ -296,24 +298,77 @@ def validate(trainers: dict[SweepRun, Trainer], weights: list[float], seeds: lis
     return Validation(weights, seeds, [[returns[r] for r in trainers if r.weight == w] for w in weights])
 
 
-def evaluate_test(trainers: dict[SweepRun, Trainer], seed: int) -> list[dict[str, Any]]:
-    """Returns before and after adaptation of `trainers` on the test tasks of `seed`'s TEST_STREAM."""
+def evaluate_test(trainers: dict[SweepRun, Trainer], seed: int) -> dict[SweepRun, AdaptationResult]:
+    """Every run of `trainers` adapted on the same test tasks, drawn from `seed`'s TEST_STREAM."""
     from metarl.algos.held_out import TEST_STREAM, held_out_rng
 
     first = next(iter(trainers.values()))
     tasks = first.family.sample_tasks(first.config.eval_tasks, held_out_rng(seed, TEST_STREAM))
+    return {run: adaptation_returns(trainer, tasks, seed) for run, trainer in trainers.items()}
+
+
+def interval(values: np.ndarray) -> dict[str, float]:
+    """`values`' mean with its 95 % interval, as the keys of test.csv and sweep.json."""
+    from metarl.algos.held_out import mean_interval
+
+    mean, low, high = mean_interval(values)
+    return {"mean": mean, "ci_low": low, "ci_high": high}
+
+
+def tested_rows(results: dict[SweepRun, AdaptationResult], trainers: dict[SweepRun, Trainer]) -> list[dict[str, Any]]:
+    """test.csv: one row per tested run, its returns before and after adaptation averaged over the test tasks."""
     rows = []
-    for run, trainer in trainers.items():
-        mean = adaptation_returns(trainer, tasks, seed).returns.mean(0)
+    for run, result in results.items():
+        after = interval(result.returns[:, -1])
         rows.append(
             {
+                "weight": run.weight,
                 "seed": run.seed,
-                "run_dir": str(trainer.run_dir),
-                "return_before_adaptation": float(mean[0]),
-                "return_after_adaptation": float(mean[-1]),
+                "run_dir": str(trainers[run].run_dir),
+                "return_before_adaptation": float(result.returns[:, 0].mean()),
+                "return_after_adaptation": after["mean"],
+                "ci_low": after["ci_low"],
+                "ci_high": after["ci_high"],
             }
         )
     return rows
+
+
+def summarize_test(results: dict[SweepRun, AdaptationResult], chosen: float) -> dict[str, Any]:
+    """The chosen β and β = 0 (when swept) on the test tasks, each over seeds × tasks, and their difference.
+
+    The difference pairs the two runs of one seed on the same test task, so the tasks' spread cancels; the
+    intervals treat every (seed, task) as one draw, so with few seeds they understate the spread of training.
+    """
+
+    def after(weight: float) -> np.ndarray:
+        """[seeds, tasks] returns after adaptation of the runs at `weight`, seeds in sweep order."""
+        return np.stack([r.returns[:, -1] for run, r in results.items() if run.weight == weight])
+
+    chosen_returns = after(chosen)
+    summary: dict[str, Any] = {
+        "tasks": chosen_returns.shape[1],
+        "seeds": chosen_returns.shape[0],
+        "chosen": interval(chosen_returns) | {"seed_means": chosen_returns.mean(1).tolist()},
+    }
+    if chosen != 0.0 and any(run.weight == 0.0 for run in results):
+        baseline = after(0.0)
+        summary["unregularized"] = interval(baseline) | {"seed_means": baseline.mean(1).tolist()}
+        summary["chosen_minus_unregularized"] = interval(chosen_returns - baseline)
+    return summary
+
+
+def _format_interval(name: str, values: dict[str, float]) -> str:
+    return f"{name} {values['mean']:.2f} [{values['ci_low']:.2f}, {values['ci_high']:.2f}]"
+
+
+def _print_test(summary: dict[str, Any], chosen: float) -> None:
+    where = f"{summary['tasks']} test tasks × {summary['seeds']} seeds, 95 % intervals"
+    print(f"test return after adaptation ({where}):")
+    print("  " + _format_interval(f"chosen β = {chosen:g}:", summary["chosen"]))
+    if "unregularized" in summary:
+        print("  " + _format_interval("β = 0:", summary["unregularized"]))
+        print("  " + _format_interval("difference (paired by seed and task):", summary["chosen_minus_unregularized"]))
 
 
 def _print_validation(validation: Validation, num_tasks: int) -> None:
@@ -344,9 +399,11 @@ def run_sweep(args: argparse.Namespace) -> int:
     plot_validation(weights, validation.means, validation.stds, chosen, title, sweep_dir / "validation.png")
     _print_validation(validation, num_tasks)
 
-    tested = evaluate_test({run: t for run, t in trainers.items() if run.weight == chosen}, seeds[0])
-    write_csv(sweep_dir / "test.csv", list(tested[0]), [list(row.values()) for row in tested])
-    test_mean = sum(row["return_after_adaptation"] for row in tested) / len(tested)
+    tested_weights = {chosen, 0.0} & set(weights)
+    results = evaluate_test({run: t for run, t in trainers.items() if run.weight in tested_weights}, seeds[0])
+    rows = tested_rows(results, trainers)
+    write_csv(sweep_dir / "test.csv", list(rows[0]), [list(row.values()) for row in rows])
+    test = summarize_test(results, chosen)
     summary = {
         "env": args.env,
         "regularizer": args.regularizer,
@@ -355,10 +412,10 @@ def run_sweep(args: argparse.Namespace) -> int:
             {"weight": w, "mean": m, "std": s if math.isfinite(s) else None, "returns": dict(zip(seeds, r))}
             for w, m, s, r in zip(weights, validation.means, validation.stds, validation.returns)
         ],
-        "test": {"tasks": num_tasks, "mean_return_after_adaptation": test_mean, "runs": tested},
+        "test": test | {"mean_return_after_adaptation": test["chosen"]["mean"], "runs": rows},
         "run_dirs": {run.label: str(t.run_dir) for run, t in trainers.items()},
     }
     write_json(sweep_dir / "sweep.json", summary)
-    print(f"chosen β = {chosen:g}: mean test return after adaptation {test_mean:.2f}, {num_tasks} tasks")
+    _print_test(test, chosen)
     print("wrote " + ", ".join(str(sweep_dir / name) for name in OUTPUTS))
     return 0

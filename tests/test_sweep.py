@@ -8,11 +8,13 @@ import json
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
 import pytest
 import yaml
 
+from metarl.algos.held_out import AdaptationResult
 from metarl.errors import MetarlError, UnknownNameError
-from metarl.sweep import add_sweep_parser, run_sweep
+from metarl.sweep import SweepRun, add_sweep_parser, run_sweep, summarize_test
 
 TINY = ["--iterations", "1", "--set", "meta_batch_size=2", "--set", "fast_batch_size=2", "--set", "horizon=5"]
 
@@ -53,13 +55,43 @@ def test_sweep_chooses_the_best_validation_weight_and_tests_it(tmp_path: Path, c
     assert summary["chosen_weight"] == float(best["weight"])
     assert matplotlib.image.imread(sweep_dir / "validation.png").ndim == 3
 
-    (tested,) = read_csv(sweep_dir / "test.csv")
-    assert tested["seed"] == "3" and f"w={summary['chosen_weight']:g}-s=3" in tested["run_dir"]
-    assert float(tested["return_after_adaptation"]) == summary["test"]["mean_return_after_adaptation"]
-    assert float(tested["return_after_adaptation"]) != float(best["validation_mean"]), "test tasks ≠ validation tasks"
+    chosen = summary["chosen_weight"]
+    tested = {float(row["weight"]): row for row in read_csv(sweep_dir / "test.csv")}
+    assert set(tested) == {chosen, 0.0}, "the chosen β and the unregularized baseline are tested"
+    for weight, row in tested.items():
+        assert row["seed"] == "3" and f"w={weight:g}-s=3" in row["run_dir"]
+        assert float(row["ci_low"]) < float(row["return_after_adaptation"]) < float(row["ci_high"])
+    after = float(tested[chosen]["return_after_adaptation"])
+    assert after == pytest.approx(summary["test"]["chosen"]["mean"]) == summary["test"]["mean_return_after_adaptation"]
+    assert after != float(best["validation_mean"]), "test tasks ≠ validation tasks"
+    if chosen != 0.0:
+        baseline = float(tested[0.0]["return_after_adaptation"])
+        assert summary["test"]["chosen_minus_unregularized"]["mean"] == pytest.approx(after - baseline, abs=1e-4)
     assert not list(sweep_dir.rglob("*.tmp"))
     out = capsys.readouterr().out
     assert f"chosen β = {summary['chosen_weight']:g}" in out and "<- chosen" in out
+
+
+def test_the_test_summary_pairs_the_chosen_weight_with_the_unregularized_runs(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    returns = {(w, s): rng.normal(size=(5, 2)) for w in (0.0, 0.5) for s in (1, 2)}
+    results = {
+        SweepRun(w, s, tmp_path): AdaptationResult(tasks=[{}] * 5, returns=r, adapted_params={})
+        for (w, s), r in returns.items()
+    }
+    summary = summarize_test(results, chosen=0.5)
+    assert (summary["tasks"], summary["seeds"]) == (5, 2)
+
+    chosen = np.concatenate([returns[0.5, 1][:, -1], returns[0.5, 2][:, -1]])
+    differences = chosen - np.concatenate([returns[0.0, 1][:, -1], returns[0.0, 2][:, -1]])
+    half = 1.96 * differences.std(ddof=1) / np.sqrt(10)
+    assert summary["chosen"]["mean"] == pytest.approx(chosen.mean())
+    assert summary["chosen"]["seed_means"] == pytest.approx([returns[0.5, s][:, -1].mean() for s in (1, 2)])
+    paired = summary["chosen_minus_unregularized"]
+    assert [paired["ci_low"], paired["mean"], paired["ci_high"]] == pytest.approx(
+        [differences.mean() - half, differences.mean(), differences.mean() + half]
+    )
+    assert "unregularized" not in summarize_test(results, chosen=0.0), "β = 0 chosen: nothing to compare"
 
 
 def test_a_failing_run_stops_the_sweep_naming_it(tmp_path: Path) -> None:

@@ -32,6 +32,14 @@ def held_out_rng(seed: int, stream: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(stream,)))
 
 
+def mean_interval(values: np.ndarray) -> tuple[float, float, float]:
+    """Mean of `values` and the bounds of a 95 % normal interval of that mean (NaN bounds for one value)."""
+    mean = float(values.mean())
+    n = values.size
+    half = 1.96 * float(values.std(ddof=1)) / math.sqrt(n) if n > 1 else float("nan")
+    return mean, mean - half, mean + half
+
+
 @dataclass
 class AdaptationResult:
     """Returns of each held-out task (rows) after 0..K inner steps (columns)."""
@@ -44,11 +52,9 @@ class AdaptationResult:
     def summary(self) -> list[dict[str, float]]:
         """Per step: mean over tasks and a 95 % normal interval of that mean (and the success rate)."""
         rows = []
-        n = self.returns.shape[0]
         for step, column in enumerate(self.returns.T):
-            mean = float(column.mean())
-            half = 1.96 * float(column.std(ddof=1)) / math.sqrt(n) if n > 1 else float("nan")
-            rows.append({"step": step, "mean": mean, "ci_low": mean - half, "ci_high": mean + half})
+            mean, low, high = mean_interval(column)
+            rows.append({"step": step, "mean": mean, "ci_low": low, "ci_high": high})
             if self.success is not None:
                 rows[-1]["success_rate"] = float(self.success[:, step].mean())
         return rows
