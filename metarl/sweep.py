@@ -9,8 +9,10 @@ in the choice.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,6 +42,9 @@ RESERVED_KEYS = {
     "iterations": "--iterations",
 }
 OUTPUTS = ("validation.csv", "validation.png", "test.csv", "sweep.json")
+# The arguments that define a sweep, saved in its directory for --resume.
+SAVED_ARGS = ("env", "regularizer", "weights", "seeds", "iterations", "set")
+SAVED_ARGS_FILE = "sweep-args.json"
 
 
 @dataclass(frozen=True)
@@ -97,14 +102,21 @@ Parser = TypeVar("Parser", bound=argparse.ArgumentParser)
 def add_sweep_parser(subparsers: argparse._SubParsersAction[Parser]) -> Parser:
     """Add the `sweep` command to the CLI's subparsers."""
     sweep = subparsers.add_parser("sweep", help="train one run per regularizer weight and seed, choose the weight")
-    sweep.add_argument("--env", required=True, help="task family (see `metarl list envs`)")
-    sweep.add_argument("--regularizer", required=True, metavar="NAME", help="regularizer whose weight β is swept")
-    sweep.add_argument("--weights", required=True, metavar="W1,W2,...", help="the values of β, comma-separated")
+    sweep.add_argument("--env", help="task family (see `metarl list envs`); required without --resume")
+    sweep.add_argument("--regularizer", metavar="NAME", help="regularizer whose weight β is swept; required")
+    sweep.add_argument("--weights", metavar="W1,W2,...", help="the values of β, comma-separated; required")
     sweep.add_argument("--iterations", type=int, help="meta-iterations per run (default: the config's)")
-    sweep.add_argument("--seeds", default="0", metavar="S1,S2,...", help="seeds, comma-separated (default 0)")
-    sweep.add_argument("--logdir", type=Path, default=Path("runs"), help="parent of the sweep directory")
-    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    sweep.add_argument("--seeds", metavar="S1,S2,...", help="seeds, comma-separated (default 0)")
+    sweep.add_argument("--logdir", type=Path, help="parent of the sweep directory (default runs)")
+    sweep.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     sweep.add_argument("--jobs", type=int, help="runs trained at once (default: number of CPU cores)")
+    sweep.add_argument(
+        "--resume",
+        type=Path,
+        metavar="SWEEP_DIR",
+        help="continue a sweep: finish its unfinished runs from their checkpoints, train those never started, "
+        "then choose β again; its own arguments are read from SWEEP_DIR (only --jobs may be given)",
+    )
     sweep.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return sweep
 
@@ -125,6 +137,35 @@ def parse_list(text: str, parse: type[Number], what: str) -> list[Number]:
     if not all(math.isfinite(v) for v in values if isinstance(v, float)):  # (a huge int overflows isfinite)
         raise MetarlError(f"{what} must be finite, got {short_repr(text)}")
     return sorted(values)
+
+
+def _sweep_arguments(args: argparse.Namespace) -> argparse.Namespace:
+    """`args` with what the command line left out filled in: from SWEEP_DIR's `sweep-args.json` under
+    --resume (which then allows only --jobs), else the defaults."""
+    given = {key for key in SAVED_ARGS + ("logdir",) if getattr(args, key) is not None}
+    if args.resume is None:
+        missing = [f"--{key}" for key in ("env", "regularizer", "weights") if key not in given]
+        if missing:
+            raise MetarlError(f"sweep needs {', '.join(missing)} (or --resume SWEEP_DIR)")
+        defaults = {"seeds": "0", "set": [], "logdir": Path("runs")}
+        return argparse.Namespace(**vars(args) | {k: v for k, v in defaults.items() if k not in given})
+    if given:
+        flags = ", ".join(f"--{key}" for key in sorted(given))
+        raise MetarlError(f"--resume takes the sweep's own arguments from its directory; drop {flags}")
+    saved_path = args.resume / SAVED_ARGS_FILE
+    try:
+        saved = json.loads(saved_path.read_text())
+    except FileNotFoundError:
+        raise MetarlError(
+            f"{short_repr(str(args.resume))} is not a sweep directory: it has no {SAVED_ARGS_FILE}"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise MetarlError(f"cannot read {short_repr(str(saved_path))}: {exc}") from None
+    kinds: dict[str, type | tuple[type, ...]] = {"iterations": (int, type(None)), "set": list}
+    for key in SAVED_ARGS:
+        if not isinstance(saved, dict) or not isinstance(saved.get(key), kinds.get(key, str)):
+            raise MetarlError(f"{short_repr(str(saved_path))} is damaged: {key!r} is missing or of the wrong type")
+    return argparse.Namespace(**vars(args) | {key: saved[key] for key in SAVED_ARGS} | {"logdir": None})
 
 
 def _check_args(args: argparse.Namespace) -> tuple[list[float], list[int], int]:
@@ -160,14 +201,27 @@ def _new_sweep_dir(logdir: Path, env: str, regularizer: str) -> Path:
         raise MetarlError(f"cannot create a sweep directory under {str(logdir)!r}: {exc.strerror or exc}") from None
 
 
-def _train_command(args: argparse.Namespace, run: SweepRun) -> list[str]:
-    command = [sys.executable, "-m", "metarl", "train", "--env", args.env, "--no-progress"]
-    command += ["--regularizer", f"{args.regularizer}={run.weight!r}", "--seed", str(run.seed)]
-    command += ["--logdir", str(run.logdir)]
+def checkpointed_run_dir(run: SweepRun) -> Path | None:
+    """The run directory `metarl train` made in `run.logdir`, if it has written a checkpoint."""
+    from metarl.checkpoint import CHECKPOINT_DIR
+
+    if not run.logdir.is_dir():
+        return None
+    found = [d for d in run.logdir.iterdir() if d.is_dir() and any((d / CHECKPOINT_DIR).glob("iter-*.pt"))]
+    return found[0] if len(found) == 1 else None
+
+
+def _train_command(args: argparse.Namespace, run: SweepRun, resume_dir: Path | None) -> list[str]:
+    command = [sys.executable, "-m", "metarl", "train", "--no-progress"]
+    if resume_dir is not None:
+        command += ["--resume", str(resume_dir)]
+    else:
+        command += ["--env", args.env, "--regularizer", f"{args.regularizer}={run.weight!r}", "--seed", str(run.seed)]
+        command += ["--logdir", str(run.logdir)]
+        for item in args.set:
+            command += ["--set", item]
     if args.iterations is not None:
         command += ["--iterations", str(args.iterations)]
-    for item in args.set:
-        command += ["--set", item]
     return command
 
 
@@ -207,13 +261,17 @@ class _Children:
                 process.send_signal(signal.SIGINT)
 
 
-def _train_one(command: list[str], run: SweepRun, env: dict[str, str], children: _Children | None = None) -> str | None:
-    """Run one child to completion (output in `logdir/train.log`); None, or what went wrong."""
-    children = children or _Children()
-    run.logdir.mkdir(parents=True)
+def _train_one(args: argparse.Namespace, run: SweepRun, env: dict[str, str], children: _Children) -> str | None:
+    """Train one run to completion, or continue it from its checkpoint (output in `logdir/train.log`);
+    None, or what went wrong."""
+    resume_dir = checkpointed_run_dir(run)
+    if resume_dir is None and run.logdir.exists():
+        shutil.rmtree(run.logdir)  # a child stopped before its first checkpoint: nothing to continue
+    run.logdir.mkdir(parents=True, exist_ok=True)
     log = run.logdir / "train.log"
+    command = _train_command(args, run, resume_dir)
     start = time.perf_counter()
-    with log.open("w") as out:
+    with log.open("a" if resume_dir is not None else "w") as out:
         returncode = children.run(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     if returncode is None:
         return f"run {run.label} was not started: the sweep was interrupted"
@@ -230,7 +288,7 @@ def train_runs(args: argparse.Namespace, runs: list[SweepRun], jobs: int) -> Non
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
     children = _Children()
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(_train_one, _train_command(args, run), run, env, children) for run in runs]
+        futures = [pool.submit(_train_one, args, run, env, children) for run in runs]
         try:
             for future in as_completed(futures):
                 if future.result() is not None:
@@ -383,9 +441,15 @@ def run_sweep(args: argparse.Namespace) -> int:
     """`metarl sweep`: train, validate, choose β, test; every output goes into a new sweep directory."""
     from metarl.checkpoint import check_writable_dir, write_csv, write_json
 
+    args = _sweep_arguments(args)
     weights, seeds, jobs = _check_args(args)
-    check_writable_dir(args.logdir, f"cannot create a sweep directory under {short_repr(str(args.logdir))}")
-    sweep_dir = _new_sweep_dir(args.logdir, args.env, args.regularizer)
+    if args.resume is not None:
+        sweep_dir = args.resume
+        check_writable_dir(sweep_dir, f"cannot continue sweep {short_repr(str(sweep_dir))}")
+    else:
+        check_writable_dir(args.logdir, f"cannot create a sweep directory under {short_repr(str(args.logdir))}")
+        sweep_dir = _new_sweep_dir(args.logdir, args.env, args.regularizer)
+        write_json(sweep_dir / SAVED_ARGS_FILE, {key: getattr(args, key) for key in SAVED_ARGS})
     runs = [SweepRun(w, s, sweep_dir) for w in weights for s in seeds]
     print(f"sweep directory: {sweep_dir} ({len(runs)} runs, {min(jobs, len(runs))} at a time)", file=sys.stderr)
     train_runs(args, runs, jobs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import matplotlib.image
@@ -107,6 +108,63 @@ def test_a_failing_run_stops_the_sweep_naming_it(tmp_path: Path) -> None:
     assert "metarl: error: regularizer 'consistency' needs meta_batch_size >= 2" in message
     (sweep_dir,) = tmp_path.iterdir()
     assert not (sweep_dir / "validation.csv").exists()
+
+
+def test_a_stopped_sweep_resumes_each_run_where_it_stopped(tmp_path: Path) -> None:
+    args = sweep_args(
+        "--env", "navigation-2d", "--regularizer", "entropy", "--weights", "0,0.1,1", "--logdir", str(tmp_path),
+        "--set", "eval_tasks=2", *TINY,
+    )  # fmt: skip
+    assert run_sweep(args) == 0
+    (sweep_dir,) = tmp_path.iterdir()
+    saved = json.loads((sweep_dir / "sweep-args.json").read_text())
+    assert saved["weights"] == "0,0.1,1" and saved["iterations"] == 1
+    # The state of a sweep stopped during its second iteration: w=0 has its checkpoint of iteration 1,
+    # w=0.1 was never started, w=1 stopped before its first checkpoint.
+    saved["iterations"] = 2
+    (sweep_dir / "sweep-args.json").write_text(json.dumps(saved))
+    (first_run,) = [d for d in (sweep_dir / "w=0-s=0").iterdir() if d.is_dir()]
+    first_iteration = read_csv(first_run / "progress.csv")[0]
+    shutil.rmtree(sweep_dir / "w=0.1-s=0")
+    for checkpoint in (sweep_dir / "w=1-s=0").glob("*/checkpoints/*.pt"):
+        checkpoint.unlink()
+
+    assert run_sweep(sweep_args("--resume", str(sweep_dir), "--jobs", "1")) == 0
+    for weight in ("0", "0.1", "1"):
+        (run_dir,) = [d for d in (sweep_dir / f"w={weight}-s=0").iterdir() if d.is_dir()]
+        assert [row["iteration"] for row in read_csv(run_dir / "progress.csv")] == ["1", "2"]
+        assert (run_dir / "checkpoints" / "iter-000002.pt").exists()
+    assert read_csv(first_run / "progress.csv")[0] == first_iteration, "w=0 continued, not retrained"
+    summary = json.loads((sweep_dir / "sweep.json").read_text())
+    assert set(summary["run_dirs"]) == {"w=0-s=0", "w=0.1-s=0", "w=1-s=0"}
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--env", "navigation-2d"], "drop --env"),
+        (["--weights", "0,1", "--seeds", "1"], "drop --seeds, --weights"),
+        ([], "is not a sweep directory: it has no sweep-args.json"),
+    ],
+)
+def test_resume_refuses_the_sweeps_arguments_and_other_folders(
+    tmp_path: Path, argv: list[str], fragment: str
+) -> None:
+    with pytest.raises(MetarlError, match=fragment):
+        run_sweep(sweep_args("--resume", str(tmp_path), *argv))
+
+
+def test_resume_names_a_damaged_saved_argument(tmp_path: Path) -> None:
+    (tmp_path / "sweep-args.json").write_text(json.dumps({"env": "navigation-2d", "regularizer": "entropy"}))
+    with pytest.raises(MetarlError, match="sweep-args.json' is damaged: 'weights' is missing or of the wrong type"):
+        run_sweep(sweep_args("--resume", str(tmp_path)))
+    assert [p.name for p in tmp_path.iterdir()] == ["sweep-args.json"]
+
+
+def test_a_new_sweep_needs_env_regularizer_and_weights(tmp_path: Path) -> None:
+    with pytest.raises(MetarlError, match="sweep needs --regularizer, --weights"):
+        run_sweep(sweep_args("--env", "navigation-2d", "--logdir", str(tmp_path)))
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize(
