@@ -130,3 +130,35 @@ def test_subsampled_fisher_product_is_the_direct_one_on_the_first_episodes():
     v = torch.randn(sum(p.numel() for p in params.values()), dtype=torch.float64)
     assert _relative_error(fast(v), direct(v)) < 1e-8
     assert _relative_error(fast(v), full(v)) > 1e-2, "the subsample must differ from the full product here"
+
+
+@pytest.mark.parametrize("inner_loss", ["log-likelihood", "lvc"])
+@pytest.mark.parametrize("num_inner_steps", [1, 2])
+def test_finite_difference_fisher_product_approaches_the_direct_one(inner_loss, num_inner_steps):
+    """`fisher_products: finite-difference` (ProMP's reference TRPO): the symmetric difference of the
+    KL's gradient, each through a new inner step, is the direct product up to O(ε²)."""
+    learner, params, adaptation, batch = _setup(False, num_inner_steps, inner_loss)
+    direct = _direct_fvp(learner, params, adaptation, batch)
+    v = torch.randn(sum(p.numel() for p in params.values()), generator=torch.Generator().manual_seed(1))
+    v = v.double()
+    learner.fisher_products = "finite-difference"
+    errors = {}
+    for eps in (1e-4, 1e-5):
+        learner.fd_eps = eps
+        errors[eps] = _relative_error(learner._fisher_product(params, adaptation, batch)(v), direct(v))
+    assert errors[1e-5] < 1e-5
+    # (random data and inner lr 0.5: large third derivatives, hence the small ε)
+    assert 50 < errors[1e-4] / errors[1e-5] < 200, "O(ε²): a symmetric difference, not the exact product"
+
+
+def test_finite_difference_product_on_a_subsample_differentiates_its_own_inner_step():
+    """With cg_subsample 0.5 the difference is of the KL to the sampled θᵢ' through an inner step on
+    the first half of the train episodes: the direct Hessian of that KL, second-order term included."""
+    learner, params, adaptation, batch = _setup(False, 1)
+    learner.cg_subsample, learner.fisher_products, learner.fd_eps = 0.5, "finite-difference", 1e-5
+    half = EPISODES // 2
+    train, valid = batch.train.first_episodes(half), batch.valid.first_episodes(half)
+    sub = replace(batch, train=train, valid=valid, old_log_probs=batch.old_log_probs[:, :half])
+    direct = _direct_fvp(learner, params, learner.adapt(params, train, False), sub)
+    v = torch.randn(sum(p.numel() for p in params.values()), dtype=torch.float64)
+    assert _relative_error(learner._fisher_product(params, adaptation, batch)(v), direct(v)) < 1e-5

@@ -38,6 +38,7 @@ from metarl.hyperparameters import (
     POSITIVE,
     POSITIVE_INT,
     Hyperparameter,
+    one_of,
 )
 from metarl.policies.batched import Params, detach, policy_kl_from
 from metarl.sampling.episodes import step_weights
@@ -70,6 +71,13 @@ class MAMLTRPO(MetaLearner):
     cg_subsample = Hyperparameter(
         1.0, FRACTION, "fraction of each task's episodes in the Fisher-vector products (TRPO's subsampled Fisher)"
     )
+    fisher_products = Hyperparameter(
+        "exact",
+        one_of("exact", "finite-difference"),
+        "Fisher-vector products: exact (Σᵢ Jᵢᵀ Fᵢ Jᵢ v) or finite-difference (symmetric differences of the "
+        "KL's gradient through the inner step, as ProMP's reference TRPO)",
+    )
+    fd_eps = Hyperparameter(1e-5, POSITIVE, "finite-difference step ε: the KL gradient at θ ± ε·v")
     ls_max_steps = Hyperparameter(15, POSITIVE_INT, "backtracking line-search steps")
     ls_backtrack_ratio = Hyperparameter(0.8, OPEN_UNIT_INTERVAL, "step shrink factor per backtracking step")
     _kl_cache: tuple[SampledBatch, Callable[[Params], torch.Tensor]] | None = None
@@ -96,24 +104,49 @@ class MAMLTRPO(MetaLearner):
     def _fisher_product(
         self, params: Params, adaptation: Adaptation, batch: SampledBatch
     ) -> Callable[[torch.Tensor], torch.Tensor]:
-        """v ↦ (∇²θ KL + damping·I) v, computed as Σᵢ Jᵢᵀ Fᵢ Jᵢ v + damping·v, the sum over all ranks' tasks.
+        """v ↦ (∇²θ KL + damping·I) v, the sum over all ranks' tasks.
 
-        Fᵢ is the KL's Hessian at θᵢ', taken w.r.t. θᵢ' directly. The chain rule's other term,
-        ∇θᵢ' KL · ∇²θ θᵢ', vanishes because the KL is minimal (zero) at θ. This replaces a
-        third-order backward through the inner step by second-order ones.
+        Exact: Σᵢ Jᵢᵀ Fᵢ Jᵢ v, Fᵢ the KL's Hessian at θᵢ', taken w.r.t. θᵢ' directly. The chain rule's
+        other term, ∇θᵢ' KL · ∇²θ θᵢ', vanishes because the KL is minimal (zero) at θ. This replaces a
+        third-order backward through the inner step by second-order ones. Finite difference:
+        (g(θ + εv) − g(θ − εv)) / 2ε, g the KL's gradient through a new inner step at each point.
 
         With `cg_subsample` < 1 the product uses only the first that fraction of each task's episodes
         (train episodes for Jᵢ, validation episodes for Fᵢ), as TRPO estimates the Fisher on a
         subsample; the gradient, the step's KL scaling and the line search use every episode.
         """
-        batch, adaptation = self._subsample(params, adaptation, batch)
-        observations = batch.require_valid().observations
-        fisher = fisher_product(self.policy, batch.require_old_adapted(), observations, _kl_weights(batch))
+        sub = self._subsample(batch)
+        if self.fisher_products == "finite-difference":
+            curvature = self._finite_difference_product(params, sub)
+        else:
+            if sub is not batch:
+                adaptation = self.adapt(params, sub.train, self.config.first_order)
+            fisher = fisher_product(
+                self.policy, sub.require_old_adapted(), sub.require_valid().observations, _kl_weights(sub)
+            )
+
+            def curvature(v: torch.Tensor) -> torch.Tensor:
+                pulled = adaptation.vjp(fisher(adaptation.jvp(unflatten(v, params))))
+                return distributed.all_reduce_sum(flatten([pulled[name] for name in params]))
+
         damping: float = self.cg_damping
+        return lambda v: curvature(v) + damping * v
+
+    def _finite_difference_product(self, params: Params, batch: SampledBatch) -> Callable[[torch.Tensor], torch.Tensor]:
+        """v ↦ symmetric difference of the mean KL's gradient at θ ± ε·v, each through its own inner step."""
+        eps: float = self.fd_eps
+
+        def kl_gradient(theta: Params) -> torch.Tensor:
+            adaptation = self.adapt(theta, batch.train, self.config.first_order)
+            adapted = {name: p.detach().requires_grad_() for name, p in adaptation.params.items()}
+            kl = self._mean_kl(adapted, batch)
+            return distributed.all_reduce_sum(self._gradient(kl, theta, adapted, adaptation))
 
         def product(v: torch.Tensor) -> torch.Tensor:
-            pulled = adaptation.vjp(fisher(adaptation.jvp(unflatten(v, params))))
-            return distributed.all_reduce_sum(flatten([pulled[name] for name in params])) + damping * v
+            step = unflatten(eps * v, params)
+            plus = kl_gradient({name: (p + step[name]).detach().requires_grad_() for name, p in params.items()})
+            minus = kl_gradient({name: (p - step[name]).detach().requires_grad_() for name, p in params.items()})
+            return (plus - minus) / (2 * eps)
 
         return product
 
@@ -126,17 +159,14 @@ class MAMLTRPO(MetaLearner):
         pulled = adaptation.vjp(through)
         return flatten([d + pulled[name] for d, name in zip(direct, params)])
 
-    def _subsample(
-        self, params: Params, adaptation: Adaptation, batch: SampledBatch
-    ) -> tuple[SampledBatch, Adaptation]:
-        """The first `cg_subsample` of each task's episodes, and the inner step (for Jᵢ) on those."""
+    def _subsample(self, batch: SampledBatch) -> SampledBatch:
+        """The first `cg_subsample` of each task's episodes (`batch` itself when that is all of them)."""
         episodes = batch.train.rewards.shape[1]
         keep = max(1, math.ceil(self.cg_subsample * episodes))
         if keep >= episodes:
-            return batch, adaptation
+            return batch
         train, valid = batch.train.first_episodes(keep), batch.require_valid().first_episodes(keep)
-        sub = replace(batch, train=train, valid=valid, old_log_probs=batch.require_old_log_probs()[:, :keep])
-        return sub, self.adapt(params, train, self.config.first_order)
+        return replace(batch, train=train, valid=valid, old_log_probs=batch.require_old_log_probs()[:, :keep])
 
     def update(self, batch: SampledBatch) -> dict[str, float]:
         """TRPO step on θ from the sampled meta-batch (θ unchanged if no step is accepted)."""
