@@ -1,80 +1,160 @@
-"""Every installed meta-learner on the same task families with the same env-step budget.
+"""Every installed meta-learner on one task family, each with its own reference settings, on the same
+env-step budget, over several seeds.
 
-    python scripts/compare_learners.py [--iterations-navigation 20] [--iterations-halfcheetah 15]
-                                       [--algos NAME...] [--envs NAME...]
+    python scripts/compare_learners.py --env navigation-2d --budget-iterations 200 --seeds 1 2 3 \
+        --out docs/data/learners-navigation-2d [--algos NAME...] [--threads 1]
+    python scripts/compare_learners.py --env halfcheetah-dir --budget-steps 10000000 --seeds 1 2 3 \
+        --out docs/data/learners-halfcheetah-dir
 
-Each learner runs with its family's reference config (navigation-2d: 20 tasks × 20 episodes × 100 steps;
-halfcheetah-dir here with 10 tasks × 10 episodes × 100 steps) and the same seed, until it has taken as
-many environment steps as that many MAML-TRPO iterations take (train and validation episodes). RL²'s
-iterations are smaller (one trial of two episodes per task), so it runs more of them. Prints the mean
-return before and after adaptation over the last five iterations, and the wall-clock time.
+Each (learner, seed) trains from the family's shipped config with the learner's own section (the
+`algorithms:` part of envs/configs/ENV.yaml: horizon, action scale, learning rates), validation off, until it
+has taken the budget's env steps (train and validation episodes; `--budget-iterations N` is N iterations
+of MAML-TRPO's settings); `--jobs` runs at once, each in a worker process. Each finished run adds a row
+to OUT/table.csv and its curve to OUT/curves.csv; a (learner, seed, budget) already in the table is
+skipped, so a stopped comparison continues where it stopped. Then prints, per learner, the mean ± std
+over seeds of the return before and after adaptation over the last 10 iterations (for rl2: its first
+and second episode of a trial).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import multiprocessing
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from metarl import registry
-from metarl.config import build_config
+from metarl.checkpoint import write_csv
+from metarl.config import Config, build_config
+from metarl.metrics import RETURN_AFTER, RETURN_BEFORE
 from metarl.trainer import Trainer
 
-SETTINGS = {
-    "navigation-2d": {},
-    "halfcheetah-dir": {"meta_batch_size": 10, "fast_batch_size": 10, "horizon": 100},
-}
+TABLE = ["env", "algo", "seed", "budget", "iterations", "env_steps", "horizon", "action_scale"]
+TABLE += ["return_before", "return_after", "wall_s"]
+CURVES = ["env", "algo", "seed", "budget", "iteration", "env_steps", "return_before", "return_after"]
+LAST = 10  # iterations averaged for the table
+
+
+def learner_config(env: str, algo: str, seed: int) -> Config:
+    """The family's shipped config with `algo`'s section, validation off."""
+    return build_config({"env": env, "algo": algo, "seed": seed, "eval_every": 0}, reference=True)
 
 
 def step_budget(env: str, iterations: int) -> int:
-    """Env steps of `iterations` MAML iterations: train and validation episodes of every task."""
-    family = registry.envs.load(env)
-    config = build_config(family.reference_config(), SETTINGS[env])
-    horizon = config.horizon_for(family)
+    """Env steps of `iterations` MAML-TRPO iterations on `env`'s settings: train and validation episodes."""
+    config = learner_config(env, "maml-trpo", 0)
+    horizon = config.horizon_for(registry.envs.load(env))
     return iterations * 2 * config.meta_batch_size * config.fast_batch_size * horizon
 
 
-def run(env: str, algo: str, budget: int) -> tuple[int, float, float, float, float]:
-    family = registry.envs.load(env)
-    config = build_config(family.reference_config(), {**SETTINGS[env], "algo": algo, "seed": 1, "eval_every": 0})
-    trainer, steps = Trainer(config), [0.0]
+def train_to_budget(
+    env: str, algo: str, seed: int, budget: int, threads: int
+) -> tuple[list[dict[str, float]], list[float], float]:
+    """Per-iteration metrics, cumulative env steps and wall-clock seconds of a run stopped at `budget` steps."""
+    torch.set_num_threads(threads)
+    trainer, steps = Trainer(learner_config(env, algo, seed)), [0.0]
 
     def stop_at_budget(iteration: int, metrics: dict[str, float]) -> None:
-        steps[0] += metrics["perf/env_steps"]
-        trainer.stop_requested = steps[0] >= budget
+        steps.append(steps[-1] + metrics["perf/env_steps"])
+        trainer.stop_requested = steps[-1] >= budget
         if iteration % 10 == 0:  # some learners take an hour: show they are moving
-            print(f"{env} {algo}: iteration {iteration}, {steps[0]:,.0f} of {budget:,} env steps", file=sys.stderr)
+            print(f"{env} {algo} seed {seed}: iteration {iteration}, {steps[-1]:,.0f} of {budget:,} env steps",
+                  file=sys.stderr, flush=True)  # fmt: skip
 
     start = time.perf_counter()
     history = trainer.train(10**9, stop_at_budget)
-    seconds = time.perf_counter() - start
-    before = np.mean([m["return/before_adaptation"] for m in history[-5:]])
-    after = np.mean([m["return/after_adaptation"] for m in history[-5:]])
-    return len(history), float(before), float(after), steps[0], seconds
+    return history, steps[1:], time.perf_counter() - start
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def run_key(row: dict[str, Any]) -> tuple[str, str, int, int]:
+    return row["env"], row["algo"], int(row["seed"]), int(row["budget"])
+
+
+def add_rows(path: Path, header: list[str], rows: list[dict[str, Any]]) -> None:
+    """`rows` in place of the file's rows of the same runs (a run stopped before its table row), the
+    whole file rewritten atomically."""
+    new = {run_key(row) for row in rows}
+    kept = [[row[k] for k in header] for row in read_rows(path) if run_key(row) not in new]
+    write_csv(path, header, kept + [[row[k] for k in header] for row in rows])
+
+
+def print_table(rows: list[dict[str, str]]) -> None:
+    print("| env | learner | budget (env steps) | iterations | seeds | return before | return after | wall-clock s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    groups: dict[tuple[str, str, str], list[dict[str, str]]] = {}
+    for row in rows:
+        groups.setdefault((row["env"], row["algo"], row["budget"]), []).append(row)
+    for (env, algo, budget), group in groups.items():
+        cells = []
+        for key in ("return_before", "return_after"):
+            values = np.array([float(r[key]) for r in group])
+            spread = f" ± {values.std(ddof=1):.1f}" if len(values) > 1 else ""
+            cells.append(f"{values.mean():.1f}{spread}")
+        iterations = np.mean([int(r["iterations"]) for r in group])
+        seconds = np.mean([float(r["wall_s"]) for r in group])
+        print(f"| {env} | {algo} | {int(budget):,} | {iterations:.0f} | {len(group)} | {cells[0]} | {cells[1]} "
+              f"| {seconds:.0f} |")  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations-navigation", type=int, default=20)
-    parser.add_argument("--iterations-halfcheetah", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--env", required=True, help="task family")
+    budget = parser.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--budget-steps", type=int, help="env steps per run")
+    budget.add_argument("--budget-iterations", type=int, help="env steps of this many MAML-TRPO iterations")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--algos", nargs="+", help="learners to run (default: every installed one)")
-    parser.add_argument("--envs", nargs="+", choices=list(SETTINGS), default=list(SETTINGS), help="task families")
+    parser.add_argument("--out", type=Path, required=True, help="folder of table.csv and curves.csv")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each run")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    maml_iterations = {"navigation-2d": args.iterations_navigation, "halfcheetah-dir": args.iterations_halfcheetah}
-    print("| env | learner | iterations | env steps | return before | return after | wall-clock s |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for env in args.envs:
-        for algo in args.algos or registry.algorithms.names():
-            done, before, after, steps, seconds = run(env, algo, step_budget(env, maml_iterations[env]))
-            print(
-                f"| {env} | {algo} | {done} | {steps:,.0f} | {before:.1f} | {after:.1f} | {seconds:.0f} |",
-                flush=True,
-            )
+    steps = args.budget_steps if args.budget_steps is not None else step_budget(args.env, args.budget_iterations)
+    args.out.mkdir(parents=True, exist_ok=True)
+    table, curves = args.out / "table.csv", args.out / "curves.csv"
+    done = {run_key(row) for row in read_rows(table)}
+    todo = [(algo, seed) for algo in args.algos or registry.algorithms.names() for seed in args.seeds]
+    todo = [(algo, seed) for algo, seed in todo if (args.env, algo, seed, steps) not in done]
+    # runs in worker processes, each with its own torch threads; only this process writes the files
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(train_to_budget, args.env, a, s, steps, args.threads): (a, s) for a, s in todo}
+        for future in as_completed(futures):
+            algo, seed = futures[future]
+            history, cumulative, seconds = future.result()
+            config = learner_config(args.env, algo, seed)
+            run = {"env": args.env, "algo": algo, "seed": seed, "budget": steps}
+            curve = [
+                run
+                | {"iteration": i, "env_steps": s, "return_before": m[RETURN_BEFORE], "return_after": m[RETURN_AFTER]}
+                for i, (m, s) in enumerate(zip(history, cumulative), start=1)
+            ]
+            add_rows(curves, CURVES, curve)  # before the table row: a run without one is redone whole
+            summary = {
+                "iterations": len(history),
+                "env_steps": cumulative[-1],
+                "horizon": config.horizon_for(registry.envs.load(args.env)),
+                "action_scale": config.env_kwargs.get("action_scale", 1.0),
+                "return_before": np.mean([row["return_before"] for row in curve[-LAST:]]),
+                "return_after": np.mean([row["return_after"] for row in curve[-LAST:]]),
+                "wall_s": round(seconds, 1),
+            }
+            add_rows(table, TABLE, [run | summary])
+            print(f"{args.env} {algo} seed {seed}: {summary['return_after']:.2f} after adaptation "
+                  f"({len(history)} iterations, {seconds:.0f} s)", file=sys.stderr, flush=True)  # fmt: skip
+    print_table(read_rows(table))
 
 
 if __name__ == "__main__":
