@@ -43,7 +43,7 @@ def _run(learner, rng, iterations: int) -> list[dict[str, float]]:
     return history
 
 
-@pytest.mark.parametrize("name", ["maml-trpo", *LEARNERS])
+@pytest.mark.parametrize("name", ["maml-trpo", "e-maml-trpo", "meta-sgd-trpo", *LEARNERS])
 def test_learner_is_found_through_its_entry_point(name):
     cls = registry.algorithms.load(name)
     assert callable(cls.step)
@@ -212,6 +212,33 @@ def test_e_maml_trpo_is_maml_trpo_plus_the_exploration_term():
         thetas[name, weight] = torch.cat([p.detach().reshape(-1) for p in learner.policy.parameters()])
     assert torch.equal(thetas["maml-trpo", None], thetas["e-maml-trpo", 0.0])
     assert not torch.allclose(thetas["maml-trpo", None], thetas["e-maml-trpo", 1.0])
+
+
+def test_meta_sgd_trpo_learns_and_moves_its_rates_inside_the_trust_region():
+    learner, rng = _learner("meta-sgd-trpo")
+    history = _run(learner, rng, 10)
+    after = np.array([m["return/after_adaptation"] for m in history])
+    before = np.array([m["return/before_adaptation"] for m in history])
+    assert all(m["train/line_search_accepted"] == 1.0 and m["train/kl"] < learner.max_kl for m in history)
+    assert after[-3:].mean() > after[0] + 30.0 and after[-3:].mean() > before[-3:].mean() + 5.0
+    rates = torch.cat([a.detach().reshape(-1) for a in learner.alpha.values()])
+    assert (rates - learner.config.inner_lr).abs().max() > 0.1, "the TRPO step moves α too"
+
+
+def test_meta_sgd_trpo_checkpoint_holds_its_rates(tmp_path):
+    from metarl.trainer import Trainer
+
+    config = build_config({"env": "navigation-2d", "algo": "meta-sgd-trpo", "meta_batch_size": 2,
+                           "fast_batch_size": 2, "horizon": 5, "eval_every": 0})  # fmt: skip
+    trainer = Trainer(config)
+    trainer.start_run(tmp_path)
+    trainer.train(2)
+    trainer.save()
+    trainer.release_run_dir()
+    restored = Trainer.from_run(trainer.run_dir, "last")
+    assert any(not torch.all(a == config.inner_lr) for a in trainer.learner.alpha.values())
+    for name, alpha in trainer.learner.alpha.items():
+        assert torch.equal(restored.learner.alpha[name], alpha.detach()), name
 
 
 def test_an_iteration_takes_the_lvc_denominator_and_the_kl_to_the_sampling_policies_once(monkeypatch):

@@ -10,7 +10,8 @@ import torch
 
 from metarl.algos.base import SampledBatch
 from metarl.algos.maml_trpo import MAMLTRPO
-from metarl.algos.trpo import conjugate_gradient, flatten
+from metarl.algos.meta_sgd import ALPHA, MetaSGDTRPO
+from metarl.algos.trpo import conjugate_gradient, flatten, unflatten
 from metarl.config import Config
 from metarl.policies import GaussianMLP
 from metarl.sampling.episodes import Episodes
@@ -162,3 +163,52 @@ def test_finite_difference_product_on_a_subsample_differentiates_its_own_inner_s
     direct = _direct_fvp(learner, params, learner.adapt(params, train, False), sub)
     v = torch.randn(sum(p.numel() for p in params.values()), dtype=torch.float64)
     assert _relative_error(learner._fisher_product(params, adaptation, batch)(v), direct(v)) < 1e-5
+
+
+def _meta_sgd_setup(first_order: bool, num_inner_steps: int):
+    """MetaSGDTRPO on the random float64 episodes, its rates α random, and its (θ, α) by name."""
+    torch.manual_seed(0)
+    box = gym.spaces.Box(-1.0, 1.0, (2,))
+    policy = GaussianMLP(box, box, hidden_sizes=[8, 8]).double()
+    config = Config(inner_lr=0.5, first_order=first_order, num_inner_steps=num_inner_steps, horizon=HORIZON)
+    learner = MetaSGDTRPO(policy, Navigation2D(), config)
+    with torch.no_grad():
+        for a in learner.alpha.values():
+            a.uniform_(0.1, 0.6)
+    generator = torch.Generator().manual_seed(0)
+    train, valid = _episodes(generator), _episodes(generator)
+    params = learner.step_parameters()
+    adaptation = learner.adapt(params, train, first_order)
+    batch = SampledBatch.of(policy, train, valid, adaptation, len(train))
+    return learner, params, adaptation, batch
+
+
+@pytest.mark.parametrize(("first_order", "num_inner_steps"), [(False, 1), (False, 2), (True, 2)])
+def test_meta_sgd_jacobian_products_match_autograd_in_theta_and_alpha(first_order, num_inner_steps):
+    """Σᵢ Jᵢᵀ uᵢ against autograd through the inner loop (α included), and Jᵢ v as its adjoint."""
+    learner, params, adaptation, _ = _meta_sgd_setup(first_order, num_inner_steps)
+    assert any(name.startswith(ALPHA) for name in params)
+    generator = torch.Generator().manual_seed(2)
+    u = {n: torch.randn(p.shape, generator=generator, dtype=torch.float64) for n, p in adaptation.params.items()}
+    v = {n: torch.randn(p.shape, generator=generator, dtype=torch.float64) for n, p in params.items()}
+    pulled = adaptation.vjp(u)
+    names = list(adaptation.params)
+    direct = torch.autograd.grad([adaptation.params[n] for n in names], list(params.values()),
+                                 grad_outputs=[u[n] for n in names], retain_graph=True)  # fmt: skip
+    assert _relative_error(flatten([pulled[n] for n in params]), flatten(direct)) < 1e-10
+    pushed = adaptation.jvp(v)
+    left = sum((u[n] * pushed[n]).sum() for n in names)
+    right = sum((pulled[n] * v[n]).sum() for n in params)
+    assert abs(left - right) < 1e-10 * abs(right)
+
+
+@pytest.mark.parametrize("fisher_products", ["exact", "finite-difference"])
+def test_meta_sgd_trpo_fisher_product_is_the_hessian_of_the_kl_in_theta_and_alpha(fisher_products):
+    learner, params, adaptation, batch = _meta_sgd_setup(False, 1)
+    learner.fisher_products = fisher_products
+    direct = _direct_fvp(learner, params, adaptation, batch)
+    v = torch.randn(sum(p.numel() for p in params.values()), generator=torch.Generator().manual_seed(3)).double()
+    product = learner._fisher_product(params, adaptation, batch)(v)
+    assert _relative_error(product, direct(v)) < (1e-8 if fisher_products == "exact" else 1e-5)
+    alpha = flatten([torch.zeros_like(p) if n.startswith(ALPHA) else p for n, p in unflatten(v, params).items()])
+    assert _relative_error(direct(v), direct(alpha)) > 1e-2, "α's share of the product matters here"

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from metarl.algos.curvature import HessianProduct, autograd_hessian, policy_gradient_hessian
-from metarl.policies.batched import Params, log_probs, stack
+from metarl.policies.batched import Params, detach, log_probs, stack
 from metarl.sampling.episodes import Episodes, masked_mean, step_weights
 
 
@@ -98,20 +98,22 @@ def inner_loop(
     num_steps: int,
     first_order: bool,
     hessian: Callable[[Params, Params], HessianProduct] = autograd_hessian,
-) -> tuple[Params, list[HessianProduct]]:
+) -> tuple[Params, list[HessianProduct], list[Params]]:
     """θ' = θ − lr·∇L, `num_steps` times, for all tasks at once with a per-task loss ([T]).
 
-    `lr` is a number or one tensor per parameter (broadcast over tasks). Returns θ' and, unless first
-    order, each step's Hessian product, `hessian(iterate, gradient with graph)` (what `Adaptation` needs).
+    `lr` is a number or one tensor per parameter (broadcast over tasks). Returns θ'; unless first
+    order, each step's Hessian product, `hessian(iterate, gradient with graph)` (what `Adaptation` needs);
+    and each step's gradient, detached (what a product with dθ'/d lr needs).
     """
-    adapted, hessians = stacked, []
+    adapted, hessians, steps = stacked, [], []
     for _ in range(num_steps):
         gradients = torch.autograd.grad(loss(adapted).sum(), list(adapted.values()), create_graph=not first_order)
         grads = dict(zip(adapted, gradients))
         if not first_order:
             hessians.append(hessian(adapted, grads))
+        steps.append(detach(grads))
         adapted = {name: p - (lr[name] if isinstance(lr, dict) else lr) * grads[name] for name, p in adapted.items()}
-    return adapted, hessians
+    return adapted, hessians, steps
 
 
 def adapt_stacked(
@@ -141,5 +143,5 @@ def adapt_stacked(
                 coef = weights * likelihood_ratios(policy, iterate, episodes, old_log_probs)
         return policy_gradient_hessian(policy, iterate, episodes.observations, episodes.actions, coef, grads, lvc)
 
-    adapted, hessians = inner_loop(stacked, loss, lr, num_steps, first_order, hessian)
+    adapted, hessians, _ = inner_loop(stacked, loss, lr, num_steps, first_order, hessian)
     return Adaptation(adapted, hessians, lr)

@@ -168,10 +168,14 @@ class MAMLTRPO(MetaLearner):
         train, valid = batch.train.first_episodes(keep), batch.require_valid().first_episodes(keep)
         return replace(batch, train=train, valid=valid, old_log_probs=batch.require_old_log_probs()[:, :keep])
 
+    def step_parameters(self) -> Params:
+        """The tensors the TRPO step moves, by name: θ (Meta-SGD adds its rates)."""
+        return dict(self.policy.named_parameters())
+
     def update(self, batch: SampledBatch) -> dict[str, float]:
         """TRPO step on θ from the sampled meta-batch (θ unchanged if no step is accepted)."""
         try:
-            return self._trpo_update(dict(self.policy.named_parameters()), batch.adaptation, batch)
+            return self._trpo_update(self.step_parameters(), batch.adaptation, batch)
         finally:
             self._kl_cache = None  # not to hold the batch through the next sampling
 

@@ -1,39 +1,83 @@
 """Meta-SGD (Li et al. 2017): per-parameter inner learning rates α, meta-learned with θ.
 
-θᵢ' = θ − α ⊙ ∇θ Lᵢ(θ) (repeated `num_inner_steps` times with the same α), Lᵢ MAML's policy-gradient
-loss; α holds one tensor per parameter of θ, initialised to `inner_lr`. The outer step is Adam
-(`outer_lr`) on (θ, α) jointly, on MAML's outer loss (surrogate on the validation episodes at θᵢ'(θ, α)).
-Adam rather than TRPO: the trust region is a KL in policy space, which constrains θ but not α.
+θᵢ' = θ − α ⊙ ∇θ Lᵢ(θ) (repeated `num_inner_steps` times with the same α), Lᵢ the inner loss; α holds
+one tensor per parameter of θ, initialised to `inner_lr`. The outer step moves (θ, α) jointly on MAML's
+outer loss (surrogate on the validation episodes at θᵢ'(θ, α)):
+
+- `meta-sgd`: Adam (`outer_lr`);
+- `meta-sgd-trpo`: MAML-TRPO's trust-region step, as the Meta-SGD paper's RL experiments take MAML's
+  TRPO meta-update. The KL is in policy space, and α moves the adapted policies: its Jacobian
+  dθᵢ'/d(θ, α) = [I − diag(α)·∇²Lᵢ, −diag(∇Lᵢ)] carries the Fisher to α as to θ.
 
 Config keys: `inner_lr` (initial α), `num_inner_steps`, `first_order` (α still learns: θ' is linear
-in α), `outer_lr`.
+in α); the outer step's own keys (`metarl list algorithms --verbose`).
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from metarl.algos.adaptation import Adaptation, inner_loop
-from metarl.algos.base import GradientMetaLearner, SampledBatch
+from metarl.algos.base import GradientMetaLearner, MetaLearner, SampledBatch
+from metarl.algos.maml_trpo import MAMLTRPO
 from metarl.config import Config
 from metarl.policies.batched import Params, detach, stack
 from metarl.regularizers.base import Regularizer
 from metarl.sampling.episodes import Episodes
 from metarl.tasks import TaskDistribution
 
+#: prefix of α's entries beside θ's in the parameters of the TRPO step ("alpha/mean.weight")
+ALPHA = "alpha/"
 
-class _PerParameterAdaptation(Adaptation):
-    """θ' from per-parameter rates; `Adaptation`'s Jacobian products assume one scalar rate."""
+# The mixin goes before a MetaLearner subclass in the bases; for the type checker it is one.
+if TYPE_CHECKING:
+    _Mixin = MetaLearner
+else:
+    _Mixin = object
 
-    def _through(self, vectors: Params, hessians: object) -> Params:
-        raise NotImplementedError("Jacobian products through Meta-SGD's per-parameter rates")
+
+@dataclass
+class PerParameterAdaptation(Adaptation):
+    """θᵢ' from per-parameter rates α, with products by the Jacobian dθᵢ'/d(θ, α).
+
+    Step k, θₖ₊₁ = θₖ − α ⊙ gₖ(θₖ), has the Jacobian [I − diag(α) Hₖ, −diag(gₖ)] (Hₖ the inner loss's
+    Hessian at θₖ, none in first order): tangents pass through the steps in order, cotangents in reverse
+    through the transpose [I − Hₖ diag(α); −diag(gₖ)].
+    """
+
+    alpha: Params
+    gradients: list[Params]  # each step's inner gradient gₖ, stacked per task
+
+    def jvp(self, v: Params) -> Params:
+        """Jᵢ v for every task: v holds θ-shaped entries for θ and, optionally, ALPHA + name for α."""
+        tangent = stack({name: v[name] for name in self.alpha}, len(next(iter(self.params.values()))))
+        for k, grads in enumerate(self.gradients):
+            curvature = self.hessians[k](tangent) if self.hessians else None
+            tangent = {
+                name: t
+                - (self.alpha[name] * curvature[name] if curvature is not None else 0.0)
+                - (v[ALPHA + name] * grads[name] if ALPHA + name in v else 0.0)
+                for name, t in tangent.items()
+            }
+        return tangent
+
+    def vjp(self, u: Params) -> Params:
+        """Σᵢ Jᵢᵀ uᵢ: u stacked per task; the result has θ's entries and ALPHA + name for α."""
+        through_alpha = {name: torch.zeros_like(a) for name, a in self.alpha.items()}
+        for k in reversed(range(len(self.gradients))):
+            for name, g in self.gradients[k].items():
+                through_alpha[name] = through_alpha[name] - (g * u[name]).sum(0)
+            if self.hessians:
+                curvature = self.hessians[k]({name: self.alpha[name] * w for name, w in u.items()})
+                u = {name: w - curvature[name] for name, w in u.items()}
+        return {name: w.sum(0) for name, w in u.items()} | {ALPHA + n: g for n, g in through_alpha.items()}
 
 
-class MetaSGD(GradientMetaLearner):
-    """MAML whose inner step uses learned per-parameter rates α; Adam on θ and α."""
+class PerParameterRates(_Mixin):
+    """Meta-SGD's learned rates α on a meta-learner: its inner step, its outer parameters and checkpoints."""
 
     def __init__(
         self,
@@ -56,11 +100,25 @@ class MetaSGD(GradientMetaLearner):
     def meta_parameters(self) -> list[torch.Tensor]:
         return [*self.policy.parameters(), *self.alpha.values()]
 
-    def adapt(self, params: Params, train: Episodes, first_order: bool) -> Adaptation:
-        c = self.config
+    def step_parameters(self) -> Params:
+        """θ's and α's tensors by name (for a TRPO step)."""
+        return dict(self.policy.named_parameters()) | {ALPHA + n: a for n, a in self.alpha.items()}
+
+    def adapt(self, params: Params, train: Episodes, first_order: bool) -> PerParameterAdaptation:
+        """The inner loop from θ with the rates α: `params`' ALPHA entries where it has them (a TRPO
+        candidate), else the learned α."""
+        theta = {name: p for name, p in params.items() if not name.startswith(ALPHA)}
+        alpha = {name: params.get(ALPHA + name, self.alpha[name]) for name in theta}
         loss = lambda adapted: self.inner_objective(adapted, train)  # noqa: E731
-        adapted, hessians = inner_loop(stack(params, len(train)), loss, self.alpha, c.num_inner_steps, first_order)
-        return _PerParameterAdaptation(adapted, hessians, math.nan)
+        steps = self.config.num_inner_steps
+        adapted, hessians, gradients = inner_loop(stack(theta, len(train)), loss, alpha, steps, first_order)
+        return PerParameterAdaptation(adapted, hessians, float("nan"), detach(alpha), gradients)
+
+    def outer_loss(
+        self, params: Params, adaptation: Adaptation, batch: SampledBatch, old_log_probs: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        theta = {name: p for name, p in params.items() if not name.startswith(ALPHA)}
+        return super().outer_loss(theta, adaptation, batch, old_log_probs)
 
     def update(self, batch: SampledBatch) -> dict[str, float]:
         metrics = super().update(batch)
@@ -76,3 +134,11 @@ class MetaSGD(GradientMetaLearner):
         with torch.no_grad():
             for name, a in self.alpha.items():
                 a.copy_(state["alpha"][name])
+
+
+class MetaSGD(PerParameterRates, GradientMetaLearner):
+    """MAML whose inner step uses learned per-parameter rates α; Adam on θ and α."""
+
+
+class MetaSGDTRPO(PerParameterRates, MAMLTRPO):
+    """Meta-SGD with MAML-TRPO's trust-region step on θ and α together (MAML-TRPO's keys)."""
