@@ -147,9 +147,7 @@ def test_a_stopped_sweep_resumes_each_run_where_it_stopped(tmp_path: Path) -> No
         ([], "is not a sweep directory: it has no sweep-args.json"),
     ],
 )
-def test_resume_refuses_the_sweeps_arguments_and_other_folders(
-    tmp_path: Path, argv: list[str], fragment: str
-) -> None:
+def test_resume_refuses_the_sweeps_arguments_and_other_folders(tmp_path: Path, argv: list[str], fragment: str) -> None:
     with pytest.raises(MetarlError, match=fragment):
         run_sweep(sweep_args("--resume", str(tmp_path), *argv))
 
