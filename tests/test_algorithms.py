@@ -182,6 +182,37 @@ def test_promp_adapts_its_kl_weight_on_the_kl_after_the_last_adam_step():
     assert metrics["train/inner_kl_coef"] == pytest.approx(2e-3)  # far above the target: doubled
 
 
+def _promp_after_one_update(**algo_kwargs):
+    algo_kwargs = {"outer_lr": 0.05, **algo_kwargs}
+    learner, rng = _learner("promp", meta_batch_size=4, fast_batch_size=4, horizon=20, algo_kwargs=algo_kwargs)
+    batch = learner.sample(rng)
+    metrics = learner.update(batch)
+    with torch.no_grad():
+        kl = learner.inner_kl(dict(learner.policy.named_parameters()), batch).item()
+    return learner, metrics, kl
+
+
+def test_promp_max_inner_kl_undoes_the_step_that_crosses_it():
+    free, free_metrics, free_kl = _promp_after_one_update()
+    assert free_metrics["train/outer_steps_taken"] == 5 and free_metrics["train/outer_step_undone"] == 0
+    assert torch.equal(flat_theta(free), flat_theta(_promp_after_one_update(max_inner_kl=1e9)[0]))
+
+    bound = 0.9 * free_kl
+    bounded, metrics, kl = _promp_after_one_update(max_inner_kl=bound)
+    assert kl <= bound < free_kl
+    assert 0 < metrics["train/outer_steps_taken"] < 5 and metrics["train/outer_step_undone"] == 1
+
+    untouched, _ = _learner("promp", meta_batch_size=4, fast_batch_size=4, horizon=20)
+    stopped, metrics, kl = _promp_after_one_update(max_inner_kl=1e-12)
+    assert metrics["train/outer_steps_taken"] == 0 and kl == 0.0
+    assert torch.equal(flat_theta(stopped), flat_theta(untouched)), "θ as before the undone step"
+    assert all(not state for state in stopped.optimizer.state.values()), "and Adam's moments too"
+
+
+def flat_theta(learner) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in learner.policy.parameters()])
+
+
 def test_maml_vpg_keeps_its_rate_without_validation():
     learner, rng = _learner("maml-vpg", lr_patience=0, outer_lr=0.01, meta_batch_size=4, fast_batch_size=4, horizon=20)
     for metrics in _run(learner, rng, 3):

@@ -387,7 +387,8 @@ class GradientMetaLearner(MetaLearner):
                 return {**first, metrics.NON_FINITE: 1.0, "train/outer_steps_taken": float(step)}
             for p, g in zip(variables, torch.split(flat, [v.numel() for v in variables])):
                 p.grad = g.view_as(p)
-            self.optimizer.step()
+            if not self.take_outer_step(batch):
+                return {**first, metrics.NON_FINITE: 0.0, "train/outer_steps_taken": float(step)}
             self.after_outer_step(parts)
         return {
             **first,
@@ -395,6 +396,12 @@ class GradientMetaLearner(MetaLearner):
             "train/outer_steps_taken": float(self.outer_steps),
             "train/outer_lr": self.optimizer.param_groups[0]["lr"],
         }
+
+    def take_outer_step(self, batch: SampledBatch) -> bool:
+        """One Adam step on the gradients in place; False when the step was undone, which ends the
+        batch's outer steps (ProMP's `max_inner_kl`)."""
+        self.optimizer.step()
+        return True
 
     def after_outer_step(self, parts: dict[str, torch.Tensor]) -> None:
         """Hook after each Adam step, with the loss parts that step used."""

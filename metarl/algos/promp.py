@@ -10,11 +10,14 @@ ratio as importance weight. With `num_inner_steps` > 1 all inner steps use the s
 
 Config keys (defaults from the paper's reference configuration): `inner_lr` 0.1, `outer_lr` 1e-3,
 `promp_steps` 5, `clip_eps` 0.3, `inner_kl_coef` 5e-4 (initial η), `inner_kl_adaptive` false (true:
-η halves when the KL is under `inner_kl_target`/1.5 and doubles over 1.5×target), `inner_kl_target` 0.01.
+η halves when the KL is under `inner_kl_target`/1.5 and doubles over 1.5×target), `inner_kl_target` 0.01,
+`max_inner_kl` 0 (off; not in the paper: a bound on the pre-update policy's KL per Adam step, against the
+one-step collapse on halfcheetah-dir in docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -44,11 +47,18 @@ class ProMP(GradientMetaLearner):
     inner_kl_coef = Hyperparameter(5e-4, NON_NEGATIVE, "initial weight η of the KL penalty on the pre-update policy")
     inner_kl_adaptive = Hyperparameter(False, BOOLEAN, "adapt η towards inner_kl_target (halve or double)")
     inner_kl_target = Hyperparameter(0.01, POSITIVE, "KL the adaptive η aims at")
+    max_inner_kl = Hyperparameter(
+        0.0,
+        NON_NEGATIVE,
+        "undo an Adam step that moves the pre-update policy further than this KL from the sampling one, and "
+        "end the batch's steps there (as PPO's target_kl stops early); 0 turns it off, as the paper",
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.outer_steps = self.promp_steps
         self.kl_coef = self.inner_kl_coef
+        self.undone_steps = 0  # this batch's Adam steps undone by `max_inner_kl` (0 or 1)
 
     def inner_kl(self, params: Params, batch: SampledBatch) -> torch.Tensor:
         """This rank's share of the mean over tasks of KL(πθo ‖ πθ) on the train observations."""
@@ -69,8 +79,30 @@ class ProMP(GradientMetaLearner):
         loss = self.with_penalties(surrogate + self.kl_coef * kl, penalties)
         return {"loss": loss, "train/surrogate": surrogate, "train/inner_kl": kl, **parts}
 
+    def take_outer_step(self, batch: SampledBatch) -> bool:
+        """Adam's step, undone (θ and Adam's moments as before it) when `max_inner_kl` is set and the
+        step moved the pre-update policy further than it from πθo."""
+        if not self.max_inner_kl:
+            return super().take_outer_step(batch)
+        params: Params = dict(self.policy.named_parameters())
+        before = {name: p.detach().clone() for name, p in params.items()}
+        moments = copy.deepcopy(self.optimizer.state_dict())
+        super().take_outer_step(batch)
+        with torch.no_grad():
+            kl = distributed.all_reduce_sum(self.inner_kl(params, batch)).item()
+        if kl <= self.max_inner_kl:
+            return True
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(before[name])
+        self.optimizer.load_state_dict(moments)
+        self.undone_steps += 1
+        return False
+
     def update(self, batch: SampledBatch) -> dict[str, float]:
+        self.undone_steps = 0
         metrics = super().update(batch)
+        metrics["train/outer_step_undone"] = float(self.undone_steps)
         # the KL after the last Adam step, as the reference implementation's compute_stats measures it
         with torch.no_grad():
             kl = distributed.all_reduce_sum(self.inner_kl(dict(self.policy.named_parameters()), batch)).item()
