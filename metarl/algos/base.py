@@ -370,7 +370,7 @@ class GradientMetaLearner(MetaLearner):
         params: Params = dict(self.policy.named_parameters())
         variables = self.meta_parameters()
         old_log_probs = batch.require_old_log_probs()
-        adaptation, first = batch.adaptation, {}
+        adaptation, first, taken = batch.adaptation, {}, self.outer_steps
         for step in range(self.outer_steps):
             if step:
                 adaptation = self.adapt(params, batch.train, self.config.first_order)
@@ -388,12 +388,13 @@ class GradientMetaLearner(MetaLearner):
             for p, g in zip(variables, torch.split(flat, [v.numel() for v in variables])):
                 p.grad = g.view_as(p)
             if not self.take_outer_step(batch):
-                return {**first, metrics.NON_FINITE: 0.0, "train/outer_steps_taken": float(step)}
+                taken = step
+                break
             self.after_outer_step(parts)
         return {
             **first,
             metrics.NON_FINITE: 0.0,
-            "train/outer_steps_taken": float(self.outer_steps),
+            "train/outer_steps_taken": float(taken),
             "train/outer_lr": self.optimizer.param_groups[0]["lr"],
         }
 
