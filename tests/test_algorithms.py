@@ -151,6 +151,15 @@ def test_maml_vpg_lowers_the_rate_on_a_plateau():
     assert learner.optimizer.param_groups[0]["lr"] == pytest.approx(0.005)
 
 
+def test_maml_vpg_with_lr_factor_one_keeps_a_fixed_rate_as_promp_s_reference():
+    policy, family, _, _ = small_batch()
+    learner = make_learner(_config(algo="maml-vpg", lr_patience=0, lr_factor=1.0, outer_lr=0.01), policy, family)
+    for value in (-10.0, -12.0, -13.0, -14.0):
+        learner.end_iteration({VALIDATION_METRIC: value})
+    assert learner.optimizer.param_groups[0]["lr"] == 0.01
+    assert "scheduler" not in learner.state_dict()
+
+
 def test_meta_sgd_evaluation_adapts_with_the_learned_rates():
     """Validation and `metarl evaluate` must step with α, not the config's scalar inner_lr."""
     from metarl.config import build_config

@@ -5,8 +5,8 @@ one tensor per parameter of θ, initialised to `inner_lr`. The outer step moves 
 outer loss (surrogate on the validation episodes at θᵢ'(θ, α)):
 
 - `meta-sgd`: Adam (`outer_lr`);
-- `meta-sgd-trpo`: MAML-TRPO's trust-region step, as the Meta-SGD paper's RL experiments take MAML's
-  TRPO meta-update. The KL is in policy space, and α moves the adapted policies: its Jacobian
+- `meta-sgd-trpo`: MAML-TRPO's trust-region step, the meta-optimizer of MAML's RL experiments. The KL
+  is in policy space, and α moves the adapted policies: the Jacobian
   dθᵢ'/d(θ, α) = [I − diag(α)·∇²Lᵢ, −diag(∇Lᵢ)] carries the Fisher to α as to θ.
 
 Config keys: `inner_lr` (initial α), `num_inner_steps`, `first_order` (α still learns: θ' is linear
