@@ -4,15 +4,17 @@ env-step budget, over several seeds.
     python scripts/compare_learners.py --env navigation-2d --budget-iterations 200 --seeds 1 2 3 \
         --out docs/data/learners-navigation-2d [--algos NAME...] [--threads 1]
     python scripts/compare_learners.py --env halfcheetah-dir --budget-steps 10000000 --seeds 1 2 3 \
-        --out docs/data/learners-halfcheetah-dir
+        --set horizon=100 --set env_kwargs.action_scale=10 --out docs/data/learners-halfcheetah-dir
 
 Each (learner, seed) trains from the family's shipped config with the learner's own section (the
-`algorithms:` part of envs/configs/ENV.yaml: horizon, action scale, learning rates), validation off, until it
-has taken the budget's env steps (train and validation episodes; `--budget-iterations N` is N iterations
+`algorithms:` part of envs/configs/ENV.yaml: horizon, action scale, learning rates), validation off,
+until it has taken the budget's env steps (train and validation episodes; `--budget-iterations N` is N iterations
 of MAML-TRPO's settings); `--jobs` runs at once, each in a worker process. Each finished run adds a row
 to OUT/table.csv and its curve to OUT/curves.csv; a (learner, seed, budget) already in the table is
-skipped, so a stopped comparison continues where it stopped. Then prints, per learner, the mean ± std
-over seeds of the return before and after adaptation over the last 10 iterations (for rl2: its first
+skipped, so a stopped comparison continues where it stopped. `--set` applies to every run after its
+section: on halfcheetah-dir it puts the learners whose sections keep the MAML paper's horizon 200 on the
+ProMP paper's protocol, on which the ProMP paper compares them all. Then prints, per learner, the mean
+± std over seeds of the return before and after adaptation over the last 10 iterations (for rl2: its first
 and second episode of a trial).
 """
 
@@ -32,7 +34,7 @@ import torch
 
 from metarl import registry
 from metarl.checkpoint import write_csv
-from metarl.config import Config, build_config
+from metarl.config import Config, build_config, parse_set
 from metarl.metrics import RETURN_AFTER, RETURN_BEFORE
 from metarl.trainer import Trainer
 
@@ -42,24 +44,24 @@ CURVES = ["env", "algo", "seed", "budget", "iteration", "env_steps", "return_bef
 LAST = 10  # iterations averaged for the table
 
 
-def learner_config(env: str, algo: str, seed: int) -> Config:
-    """The family's shipped config with `algo`'s section, validation off."""
-    return build_config({"env": env, "algo": algo, "seed": seed, "eval_every": 0}, reference=True)
+def learner_config(env: str, algo: str, seed: int, overrides: dict[str, Any]) -> Config:
+    """The family's shipped config with `algo`'s section, validation off, then `overrides` (--set)."""
+    return build_config({"env": env, "algo": algo, "seed": seed, "eval_every": 0}, overrides, reference=True)
 
 
-def step_budget(env: str, iterations: int) -> int:
+def step_budget(env: str, iterations: int, overrides: dict[str, Any]) -> int:
     """Env steps of `iterations` MAML-TRPO iterations on `env`'s settings: train and validation episodes."""
-    config = learner_config(env, "maml-trpo", 0)
+    config = learner_config(env, "maml-trpo", 0, overrides)
     horizon = config.horizon_for(registry.envs.load(env))
     return iterations * 2 * config.meta_batch_size * config.fast_batch_size * horizon
 
 
 def train_to_budget(
-    env: str, algo: str, seed: int, budget: int, threads: int
+    env: str, algo: str, seed: int, overrides: dict[str, Any], budget: int, threads: int
 ) -> tuple[list[dict[str, float]], list[float], float]:
     """Per-iteration metrics, cumulative env steps and wall-clock seconds of a run stopped at `budget` steps."""
     torch.set_num_threads(threads)
-    trainer, steps = Trainer(learner_config(env, algo, seed)), [0.0]
+    trainer, steps = Trainer(learner_config(env, algo, seed, overrides)), [0.0]
 
     def stop_at_budget(iteration: int, metrics: dict[str, float]) -> None:
         steps.append(steps[-1] + metrics["perf/env_steps"])
@@ -121,8 +123,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder of table.csv and curves.csv")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each run")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config key for every run")
     args = parser.parse_args()
-    steps = args.budget_steps if args.budget_steps is not None else step_budget(args.env, args.budget_iterations)
+    overrides = parse_set(args.set)
+    if args.budget_steps is not None:
+        steps = args.budget_steps
+    else:
+        steps = step_budget(args.env, args.budget_iterations, overrides)
     args.out.mkdir(parents=True, exist_ok=True)
     table, curves = args.out / "table.csv", args.out / "curves.csv"
     done = {run_key(row) for row in read_rows(table)}
@@ -130,11 +137,13 @@ def main() -> None:
     todo = [(algo, seed) for algo, seed in todo if (args.env, algo, seed, steps) not in done]
     # runs in worker processes, each with its own torch threads; only this process writes the files
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(train_to_budget, args.env, a, s, steps, args.threads): (a, s) for a, s in todo}
+        futures = {
+            pool.submit(train_to_budget, args.env, a, s, overrides, steps, args.threads): (a, s) for a, s in todo
+        }
         for future in as_completed(futures):
             algo, seed = futures[future]
             history, cumulative, seconds = future.result()
-            config = learner_config(args.env, algo, seed)
+            config = learner_config(args.env, algo, seed, overrides)
             run = {"env": args.env, "algo": algo, "seed": seed, "budget": steps}
             curve = [
                 run
