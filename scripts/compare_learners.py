@@ -15,7 +15,7 @@ skipped, so a stopped comparison continues where it stopped. `--set` applies to 
 section: on halfcheetah-dir it puts the learners whose sections keep the MAML paper's horizon 200 on the
 ProMP paper's protocol, on which the ProMP paper compares them all. Then prints, per learner, the mean
 ± std over seeds of the return before and after adaptation over the last 10 iterations (for rl2: its first
-and second episode of a trial).
+and second episode of a trial), and draws the curves after adaptation as OUT/curves.png.
 """
 
 from __future__ import annotations
@@ -31,11 +31,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from plot_benchmarks import running_mean
 
 from metarl import registry
 from metarl.checkpoint import write_csv
 from metarl.config import Config, build_config, parse_set
 from metarl.metrics import RETURN_AFTER, RETURN_BEFORE
+from metarl.plotting import new_figure, save_figure
 from metarl.trainer import Trainer
 
 TABLE = ["env", "algo", "seed", "budget", "iterations", "env_steps", "horizon", "action_scale"]
@@ -112,6 +114,32 @@ def print_table(rows: list[dict[str, str]]) -> None:
               f"| {seconds:.0f} |")  # fmt: skip
 
 
+def plot_curves(rows: list[dict[str, str]], budget: int, title: str, path: Path) -> None:
+    """Return after adaptation against env steps, one line per learner: the mean over seeds of each
+    seed's centred 10-iteration mean, shaded between the lowest and highest seed."""
+    plt = new_figure()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    runs: dict[str, dict[str, list[dict[str, str]]]] = {}
+    for row in rows:
+        if int(row["budget"]) == budget:
+            runs.setdefault(row["algo"], {}).setdefault(row["seed"], []).append(row)
+    for algo, seeds in runs.items():
+        length = min(len(curve) for curve in seeds.values())
+        smoothed = np.array(
+            [running_mean([float(r["return_after"]) for r in c], LAST)[:length] for c in seeds.values()]
+        )
+        steps = np.mean([[float(r["env_steps"]) for r in c[:length]] for c in seeds.values()], axis=0)
+        (line,) = ax.plot(steps, smoothed.mean(0), label=f"{algo} ({len(seeds)} seeds)")
+        ax.fill_between(steps, smoothed.min(0), smoothed.max(0), color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel(f"return after adaptation ({LAST}-iteration mean)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", required=True, help="task family")
@@ -164,6 +192,8 @@ def main() -> None:
             print(f"{args.env} {algo} seed {seed}: {summary['return_after']:.2f} after adaptation "
                   f"({len(history)} iterations, {seconds:.0f} s)", file=sys.stderr, flush=True)  # fmt: skip
     print_table(read_rows(table))
+    plot_curves(read_rows(curves), steps, f"{args.env}: every learner, {steps:,} env steps", args.out / "curves.png")
+    print(f"wrote {table}, {curves}, {args.out / 'curves.png'}")
 
 
 if __name__ == "__main__":

@@ -15,10 +15,14 @@ import argparse
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from metarl import pretrained
 from metarl.metrics import ENV_STEPS, RETURN_AFTER, RETURN_BEFORE, VALIDATION_RETURN
 from metarl.plotting import new_figure, read_progress, save_figure
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,7 +97,7 @@ def cumulative(values: list[float]) -> list[float]:
 
 
 def draw(
-    ax, progress: dict[str, list[float]], x: list[float], figure: Figure, window: int, limit: int, right: float
+    ax: Axes, progress: dict[str, list[float]], x: list[float], figure: Figure, window: int, limit: int, right: float
 ) -> None:
     """The run's curves up to iteration `limit`, and the references up to `right` on the x axis."""
     n = sum(1 for i in progress["iteration"] if i <= limit)
