@@ -51,7 +51,7 @@ def test_train_writes_resolved_config(run_dir):
     # every component's keys, resolved: the family's maml-trpo section and the declared defaults
     assert config["algo_kwargs"]["cg_subsample"] == 0.5 and config["algo_kwargs"]["max_kl"] == 0.01
     assert set(config["algo_kwargs"]) == {"max_kl", "cg_iters", "cg_damping", "cg_subsample", "ls_max_steps",
-                                          "ls_backtrack_ratio", "inner_loss"}  # fmt: skip
+                                          "ls_backtrack_ratio", "inner_loss", "fisher_products", "fd_eps"}  # fmt: skip
     assert config["algo_kwargs"]["inner_loss"] == "lvc"
     assert config["policy"] == "gaussian-mlp"
     assert config["policy_kwargs"] == {"hidden_sizes": [64, 64], "activation": "tanh", "init_std": 1.0, "min_std": 1e-6}
