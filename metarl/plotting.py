@@ -13,6 +13,7 @@ from metarl.loggers.progress import PROGRESS_FILE
 from metarl.metrics import ENV_STEPS, RETURN_AFTER, RETURN_BEFORE
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 
@@ -27,10 +28,20 @@ def new_figure() -> ModuleType:
 
 
 def save_figure(fig: Figure, path: Path) -> None:
-    """Write `fig` as a PNG at `path`, atomically."""
+    """Write `fig` as a PNG at `path`, atomically, and close it."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    new_figure().close(fig)
     atomic_write(path, buffer.getvalue())
+
+
+def finish_axes(ax: Axes, xlabel: str, ylabel: str, title: str, legend_size: float | None = None) -> None:
+    """Axis labels, title, legend and a light grid, as metarl's figures have them."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=legend_size)
+    ax.grid(alpha=0.3)
 
 
 def plot_adaptation_curves(curves: dict[str, list[dict[str, float]]], title: str, path: Path) -> None:
@@ -42,13 +53,8 @@ def plot_adaptation_curves(curves: dict[str, list[dict[str, float]]], title: str
         ax.plot(steps, [r["mean"] for r in rows], marker="o", label=label)
         ax.fill_between(steps, [r["ci_low"] for r in rows], [r["ci_high"] for r in rows], alpha=0.2)
     ax.set_xticks(steps)
-    ax.set_xlabel("inner gradient steps")
-    ax.set_ylabel("mean return")
-    ax.set_title(title)
-    ax.legend()
-    ax.grid(alpha=0.3)
+    finish_axes(ax, "inner gradient steps", "mean return", title)
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def read_progress(run_dir: Path) -> dict[str, list[float]]:
@@ -79,4 +85,3 @@ def plot_training_curves(run_dirs: list[Path], path: Path) -> None:
     for ax in (by_iteration, by_steps):
         ax.grid(alpha=0.3)
     save_figure(fig, path)
-    plt.close(fig)

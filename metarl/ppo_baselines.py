@@ -198,7 +198,7 @@ def _scratch_document(
 
 def plot_scratch_curves(document: dict[str, Any], inner_steps: int, title: str, path: Path) -> None:
     """Return of PPO from scratch against env steps, with the meta-learned return after K steps."""
-    from metarl.plotting import new_figure, save_figure
+    from metarl.plotting import finish_axes, new_figure, save_figure
 
     plt = new_figure()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -211,13 +211,8 @@ def plot_scratch_curves(document: dict[str, Any], inner_steps: int, title: str, 
     ax.axhline(document["target"], color="C1", linestyle="--", label=f"meta-learned after {inner_steps} steps")
     if document["meta_learned_env_steps"]:
         ax.axvline(document["meta_learned_env_steps"], color="C1", linestyle=":", label="meta-learned env steps")
-    ax.set_xlabel("environment steps per task")
-    ax.set_ylabel(f"mean return (last {window} episodes)")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    finish_axes(ax, "environment steps per task", f"mean return (last {window} episodes)", title, legend_size=8)
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def evaluate_baselines(

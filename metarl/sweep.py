@@ -328,7 +328,7 @@ def plot_validation(
     weights: list[float], means: list[float], stds: list[float], chosen: float, title: str, path: Path
 ) -> None:
     """Mean validation return against β, error bars one standard deviation across seeds; log-x when all β > 0."""
-    from metarl.plotting import new_figure, save_figure
+    from metarl.plotting import finish_axes, new_figure, save_figure
 
     plt = new_figure()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -337,13 +337,8 @@ def plot_validation(
     ax.axvline(chosen, color="gray", linestyle="--", label=f"chosen β = {chosen:g}")
     if all(w > 0 for w in weights):
         ax.set_xscale("log")
-    ax.set_xlabel("regularizer weight β")
-    ax.set_ylabel("validation return after adaptation")
-    ax.set_title(title)
-    ax.legend()
-    ax.grid(alpha=0.3)
+    finish_axes(ax, "regularizer weight β", "validation return after adaptation", title)
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def validate(trainers: dict[SweepRun, Trainer], weights: list[float], seeds: list[int]) -> Validation:

@@ -37,7 +37,7 @@ from metarl import registry
 from metarl.checkpoint import write_csv
 from metarl.config import Config, build_config, parse_set
 from metarl.metrics import RETURN_AFTER, RETURN_BEFORE
-from metarl.plotting import new_figure, save_figure
+from metarl.plotting import finish_axes, new_figure, save_figure
 from metarl.trainer import Trainer
 
 TABLE = ["env", "algo", "seed", "budget", "iterations", "env_steps", "horizon", "action_scale"]
@@ -131,13 +131,8 @@ def plot_curves(rows: list[dict[str, str]], budget: int, title: str, path: Path)
         steps = np.mean([[float(r["env_steps"]) for r in c[:length]] for c in seeds.values()], axis=0)
         (line,) = ax.plot(steps, smoothed.mean(0), label=f"{algo} ({len(seeds)} seeds)")
         ax.fill_between(steps, smoothed.min(0), smoothed.max(0), color=line.get_color(), alpha=0.15)
-    ax.set_xlabel("env steps")
-    ax.set_ylabel(f"return after adaptation ({LAST}-iteration mean)")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    finish_axes(ax, "env steps", f"return after adaptation ({LAST}-iteration mean)", title, legend_size=8)
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def main() -> None:

@@ -142,7 +142,6 @@ def plot(figure: Figure, run_dir: Path, out: Path, window: int) -> Path:
     fig.suptitle(figure.title)
     path = out / f"{figure.run.name}.png"
     save_figure(fig, path)
-    plt.close(fig)
     return path
 
 
