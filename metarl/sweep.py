@@ -281,12 +281,27 @@ def _train_one(args: argparse.Namespace, run: SweepRun, env: dict[str, str], chi
     return None
 
 
+def _terminate_as_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the sweep as Ctrl-C does: children first, with checkpoints
+
+
 def train_runs(args: argparse.Namespace, runs: list[SweepRun], jobs: int) -> None:
-    """Train `runs`, `jobs` at a time; after a failure no further run starts, and the error names it."""
+    """Train `runs`, `jobs` at a time; after a failure no further run starts, and the error names it.
+    Ctrl-C or SIGTERM stops the running children after their iteration, each with a checkpoint."""
     env = dict(os.environ)
     # `jobs` processes share the cores: without a limit each torch would start one thread per core
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
     children = _Children()
+    previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    try:
+        _train_all(args, runs, jobs, env, children)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _train_all(
+    args: argparse.Namespace, runs: list[SweepRun], jobs: int, env: dict[str, str], children: _Children
+) -> None:
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = [pool.submit(_train_one, args, run, env, children) for run in runs]
         try:
@@ -447,7 +462,11 @@ def run_sweep(args: argparse.Namespace) -> int:
         write_json(sweep_dir / SAVED_ARGS_FILE, {key: getattr(args, key) for key in SAVED_ARGS})
     runs = [SweepRun(w, s, sweep_dir) for w in weights for s in seeds]
     print(f"sweep directory: {sweep_dir} ({len(runs)} runs, {min(jobs, len(runs))} at a time)", file=sys.stderr)
-    train_runs(args, runs, jobs)
+    try:
+        train_runs(args, runs, jobs)
+    except KeyboardInterrupt:
+        print(f"sweep stopped; continue it with: metarl sweep --resume {sweep_dir}", file=sys.stderr)
+        raise
     trainers = {run: load_final(run) for run in runs}
     num_tasks = trainers[runs[0]].config.eval_tasks
 

@@ -6,6 +6,10 @@ import argparse
 import csv
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import matplotlib.image
@@ -137,6 +141,47 @@ def test_a_stopped_sweep_resumes_each_run_where_it_stopped(tmp_path: Path) -> No
     assert read_csv(first_run / "progress.csv")[0] == first_iteration, "w=0 continued, not retrained"
     summary = json.loads((sweep_dir / "sweep.json").read_text())
     assert set(summary["run_dirs"]) == {"w=0-s=0", "w=0.1-s=0", "w=1-s=0"}
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """PIDs of the processes whose command line contains `text` (Linux /proc)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().decode(errors="replace"):
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue  # the process ended meanwhile
+    return found
+
+
+def test_sigterm_stops_the_sweep_and_its_runs_with_checkpoints_then_it_resumes(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "metarl", "sweep", "--env", "navigation-2d", "--regularizer", "entropy",
+               "--weights", "0,1", "--iterations", "1000", "--logdir", str(tmp_path), "--jobs", "2",
+               "--set", "eval_tasks=2", "--set", "checkpoint_every=2", *TINY[2:]]  # fmt: skip
+    sweep = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    # both runs in their training loops: each has written a checkpoint
+    while len({c.parents[2] for c in tmp_path.glob("*/w=*/*/checkpoints/iter-*.pt")}) < 2:
+        assert time.monotonic() < deadline, "the runs did not start"
+        time.sleep(0.2)
+    (sweep_dir,) = tmp_path.iterdir()
+    sweep.send_signal(signal.SIGTERM)
+    _, stderr = sweep.communicate(timeout=60)
+    assert sweep.returncode == 130, stderr
+    assert f"continue it with: metarl sweep --resume {sweep_dir}" in stderr
+    assert _processes_mentioning(str(sweep_dir)) == [], "no run trains on after the sweep ended"
+    stopped = {}
+    for run_log in sweep_dir.glob("w=*/train.log"):
+        assert "SIGINT received: stopping after the current iteration" in run_log.read_text()
+        stopped[run_log.parent.name] = max(int(c.stem[5:]) for c in run_log.parent.glob("*/checkpoints/iter-*.pt"))
+    assert set(stopped) == {"w=0-s=0", "w=1-s=0"}
+
+    saved = json.loads((sweep_dir / "sweep-args.json").read_text())
+    saved["iterations"] = max(stopped.values()) + 1  # finish soon after where they stopped
+    (sweep_dir / "sweep-args.json").write_text(json.dumps(saved))
+    assert run_sweep(sweep_args("--resume", str(sweep_dir))) == 0
+    assert (sweep_dir / "sweep.json").exists()
 
 
 @pytest.mark.parametrize(
