@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import math
+import os
 import signal
 import sys
 import traceback
@@ -240,11 +241,22 @@ def _stop_on_signals(trainer: Trainer) -> Iterator[list[int]]:
             signal.signal(s, h)
 
 
+def _stop_with_parent() -> None:
+    """A run started by `metarl sweep` gets SIGTERM (stop after the iteration) when the sweep ends,
+    even by SIGKILL; the variable is removed so that no process this one starts inherits it."""
+    from metarl.lifetime import STOP_WITH_PARENT_ENV, signal_on_parent_death
+
+    parent = os.environ.pop(STOP_WITH_PARENT_ENV, None)
+    if parent is not None and parent.isdigit() and not signal_on_parent_death(int(parent), signal.SIGTERM):
+        raise MetarlError("the sweep that started this run has ended")
+
+
 def _train(args: argparse.Namespace) -> int:
     from metarl import distributed
     from metarl.metrics import RETURN_AFTER, RETURN_BEFORE
     from metarl.trainer import Trainer, resume_trainer
 
+    _stop_with_parent()
     if args.nproc is not None and args.nproc > 1 and not distributed.launched():
         distributed.relaunch(args.nproc, args.argv)  # replaces this process; the workers see torchrun's env
 

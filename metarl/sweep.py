@@ -29,6 +29,7 @@ import numpy as np
 
 from metarl.errors import MetarlError, short_repr
 from metarl.hyperparameters import MAX_ITERATIONS
+from metarl.lifetime import STOP_WITH_PARENT_ENV
 
 if TYPE_CHECKING:
     from metarl.algos.held_out import AdaptationResult
@@ -288,7 +289,8 @@ def _terminate_as_interrupt(signum: int, frame: object) -> None:
 def train_runs(args: argparse.Namespace, runs: list[SweepRun], jobs: int) -> None:
     """Train `runs`, `jobs` at a time; after a failure no further run starts, and the error names it.
     Ctrl-C or SIGTERM stops the running children after their iteration, each with a checkpoint."""
-    env = dict(os.environ)
+    # the children stop (after their iteration, with a checkpoint) if this process is killed
+    env = dict(os.environ) | {STOP_WITH_PARENT_ENV: str(os.getpid())}
     # `jobs` processes share the cores: without a limit each torch would start one thread per core
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
     children = _Children()

@@ -155,33 +155,55 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
-def test_sigterm_stops_the_sweep_and_its_runs_with_checkpoints_then_it_resumes(tmp_path: Path) -> None:
+def _sweep_training_two_runs(logdir: Path) -> tuple[subprocess.Popen[str], Path]:
+    """A `metarl sweep` process of two long runs, once both are in their training loops."""
     command = [sys.executable, "-m", "metarl", "sweep", "--env", "navigation-2d", "--regularizer", "entropy",
-               "--weights", "0,1", "--iterations", "1000", "--logdir", str(tmp_path), "--jobs", "2",
+               "--weights", "0,1", "--iterations", "100000", "--logdir", str(logdir), "--jobs", "2",
                "--set", "eval_tasks=2", "--set", "checkpoint_every=2", *TINY[2:]]  # fmt: skip
     sweep = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    # both runs in their training loops: each has written a checkpoint
-    while len({c.parents[2] for c in tmp_path.glob("*/w=*/*/checkpoints/iter-*.pt")}) < 2:
+    while len({c.parents[2] for c in logdir.glob("*/w=*/*/checkpoints/iter-*.pt")}) < 2:  # a checkpoint each
         assert time.monotonic() < deadline, "the runs did not start"
         time.sleep(0.2)
-    (sweep_dir,) = tmp_path.iterdir()
+    (sweep_dir,) = logdir.iterdir()
+    return sweep, sweep_dir
+
+
+def _stopped_runs(sweep_dir: Path, signal_name: str) -> dict[str, int]:
+    """Each run's newest checkpoint, once no process trains on; each run must have stopped on `signal_name`."""
+    deadline = time.monotonic() + 60
+    while _processes_mentioning(str(sweep_dir)):
+        assert time.monotonic() < deadline, "a run trains on after the sweep ended"
+        time.sleep(0.2)
+    stopped = {}
+    for run_log in sweep_dir.glob("w=*/train.log"):
+        assert f"{signal_name} received: stopping after the current iteration" in run_log.read_text()
+        stopped[run_log.parent.name] = max(int(c.stem[5:]) for c in run_log.parent.glob("*/checkpoints/iter-*.pt"))
+    assert set(stopped) == {"w=0-s=0", "w=1-s=0"}
+    return stopped
+
+
+def test_sigterm_stops_the_sweep_and_its_runs_with_checkpoints_then_it_resumes(tmp_path: Path) -> None:
+    sweep, sweep_dir = _sweep_training_two_runs(tmp_path)
     sweep.send_signal(signal.SIGTERM)
     _, stderr = sweep.communicate(timeout=60)
     assert sweep.returncode == 130, stderr
     assert f"continue it with: metarl sweep --resume {sweep_dir}" in stderr
-    assert _processes_mentioning(str(sweep_dir)) == [], "no run trains on after the sweep ended"
-    stopped = {}
-    for run_log in sweep_dir.glob("w=*/train.log"):
-        assert "SIGINT received: stopping after the current iteration" in run_log.read_text()
-        stopped[run_log.parent.name] = max(int(c.stem[5:]) for c in run_log.parent.glob("*/checkpoints/iter-*.pt"))
-    assert set(stopped) == {"w=0-s=0", "w=1-s=0"}
+    stopped = _stopped_runs(sweep_dir, "SIGINT")
 
     saved = json.loads((sweep_dir / "sweep-args.json").read_text())
     saved["iterations"] = max(stopped.values()) + 1  # finish soon after where they stopped
     (sweep_dir / "sweep-args.json").write_text(json.dumps(saved))
     assert run_sweep(sweep_args("--resume", str(sweep_dir))) == 0
     assert (sweep_dir / "sweep.json").exists()
+
+
+def test_a_killed_sweep_leaves_no_run_training(tmp_path: Path) -> None:
+    """SIGKILL gives the sweep no chance to stop its children: the kernel sends them SIGTERM."""
+    sweep, sweep_dir = _sweep_training_two_runs(tmp_path)
+    sweep.kill()
+    sweep.communicate(timeout=60)
+    _stopped_runs(sweep_dir, "SIGTERM")
 
 
 @pytest.mark.parametrize(

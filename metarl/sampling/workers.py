@@ -19,11 +19,9 @@ the parent's pid every second), and are closed with the pool, at the latest when
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing as mp
 import os
 import signal
-import sys
 import time
 import weakref
 from dataclasses import dataclass
@@ -37,11 +35,11 @@ import torch
 
 from metarl import distributed
 from metarl.errors import MetarlError, PluginError, first_line
+from metarl.lifetime import signal_on_parent_death
 from metarl.sampling.vector_env import EnvSlice, StepArrays, action_layout, env_error, step_to_device, to_device
 from metarl.tasks import TaskDistribution, VectorTaskEnv
 
 _POLL_S = 0.05  # how often the main process looks at waiting workers
-_PR_SET_PDEATHSIG = 1
 _IDLE = -1.0
 _CALL = {"load": "make_env", "reset": "reset", "step": "step", "release": "close"}
 
@@ -264,12 +262,7 @@ class WorkerVectorEnv(VectorTaskEnv):
 
 def _die_with_parent(parent_pid: int) -> None:
     """Have the kernel kill this process when the main process ends (Linux), however it ends."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent_pid:  # the parent ended before the line above took effect
+    if not signal_on_parent_death(parent_pid, signal.SIGKILL):  # the parent has already ended
         os._exit(0)
 
 
