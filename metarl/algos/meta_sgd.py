@@ -39,6 +39,11 @@ else:
     _Mixin = object
 
 
+def policy_part(params: Params) -> Params:
+    """θ's entries of a parameter mapping that may also hold α's."""
+    return {name: p for name, p in params.items() if not name.startswith(ALPHA)}
+
+
 @dataclass
 class PerParameterAdaptation(Adaptation):
     """θᵢ' from per-parameter rates α, with products by the Jacobian dθᵢ'/d(θ, α).
@@ -107,7 +112,7 @@ class PerParameterRates(_Mixin):
     def adapt(self, params: Params, train: Episodes, first_order: bool) -> PerParameterAdaptation:
         """The inner loop from θ with the rates α: `params`' ALPHA entries where it has them (a TRPO
         candidate), else the learned α."""
-        theta = {name: p for name, p in params.items() if not name.startswith(ALPHA)}
+        theta = policy_part(params)
         alpha = {name: params.get(ALPHA + name, self.alpha[name]) for name in theta}
         loss = lambda adapted: self.inner_objective(adapted, train)  # noqa: E731
         steps = self.config.num_inner_steps
@@ -117,8 +122,7 @@ class PerParameterRates(_Mixin):
     def outer_loss(
         self, params: Params, adaptation: Adaptation, batch: SampledBatch, old_log_probs: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        theta = {name: p for name, p in params.items() if not name.startswith(ALPHA)}
-        return super().outer_loss(theta, adaptation, batch, old_log_probs)
+        return super().outer_loss(policy_part(params), adaptation, batch, old_log_probs)
 
     def update(self, batch: SampledBatch) -> dict[str, float]:
         metrics = super().update(batch)
