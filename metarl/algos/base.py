@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -345,6 +345,14 @@ class MetaLearner:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what `state_dict` returned."""
+
+
+# A mixin of learner behaviour (E-MAML's exploration term, Meta-SGD's rates) goes before a MetaLearner
+# subclass in the bases; for the type checker it is one.
+if TYPE_CHECKING:
+    LearnerMixin = MetaLearner
+else:
+    LearnerMixin = object
 
 
 class GradientMetaLearner(MetaLearner):

@@ -15,26 +15,18 @@ Keys: `exploration_weight` (λ, 1.0), the outer step's; from the run's config: `
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from metarl import distributed
 from metarl.algos.adaptation import Adaptation
-from metarl.algos.base import GradientMetaLearner, MetaLearner, SampledBatch
+from metarl.algos.base import GradientMetaLearner, LearnerMixin, SampledBatch
 from metarl.algos.maml_trpo import MAMLTRPO
 from metarl.hyperparameters import NUMBER, Hyperparameter
 from metarl.policies.batched import Params, log_probs, stack
 from metarl.sampling.episodes import masked_mean
 
-# The mixin goes before a MetaLearner subclass in the bases; for the type checker it is one.
-if TYPE_CHECKING:
-    _Mixin = MetaLearner
-else:
-    _Mixin = object
 
-
-class ExplorationTerm(_Mixin):
+class ExplorationTerm(LearnerMixin):
     """E-MAML's exploration term on a meta-learner's outer loss, weighted by `exploration_weight`."""
 
     exploration_weight = Hyperparameter(1.0, NUMBER, "weight λ of the exploration (REINFORCE) term")

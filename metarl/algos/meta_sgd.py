@@ -16,12 +16,12 @@ in α); the outer step's own keys (`metarl list algorithms --verbose`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from metarl.algos.adaptation import Adaptation, inner_loop
-from metarl.algos.base import GradientMetaLearner, MetaLearner, SampledBatch
+from metarl.algos.base import GradientMetaLearner, LearnerMixin, SampledBatch
 from metarl.algos.maml_trpo import MAMLTRPO
 from metarl.config import Config
 from metarl.policies.batched import Params, detach, stack
@@ -31,12 +31,6 @@ from metarl.tasks import TaskDistribution
 
 #: prefix of α's entries beside θ's in the parameters of the TRPO step ("alpha/mean.weight")
 ALPHA = "alpha/"
-
-# The mixin goes before a MetaLearner subclass in the bases; for the type checker it is one.
-if TYPE_CHECKING:
-    _Mixin = MetaLearner
-else:
-    _Mixin = object
 
 
 def policy_part(params: Params) -> Params:
@@ -81,7 +75,7 @@ class PerParameterAdaptation(Adaptation):
         return {name: w.sum(0) for name, w in u.items()} | {ALPHA + n: g for n, g in through_alpha.items()}
 
 
-class PerParameterRates(_Mixin):
+class PerParameterRates(LearnerMixin):
     """Meta-SGD's learned rates α on a meta-learner: its inner step, its outer parameters and checkpoints."""
 
     def __init__(
