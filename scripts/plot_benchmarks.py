@@ -73,6 +73,20 @@ FIGURES = [
         references=[Reference("ProMP paper, after adaptation: ≈ 310 at 1.2e8 env steps", [(1.2e8, 310)], True)],
         xlim=1.3e8,
     ),
+    Figure(
+        run=pretrained.root() / "halfcheetah-dir-maml-trpo",
+        title="halfcheetah-dir, ProMP protocol, MAML-TRPO with the LVC inner loss (seed 1)",
+        by_env_steps=True,
+        references=[Reference("ProMP paper, MAML-TRPO after adaptation: ≈ 260 at 1.2e8", [(1.2e8, 260)], True)],
+        xlim=1.3e8,
+    ),
+    Figure(
+        run=pretrained.root() / "ant-dir-promp",
+        title="ant-dir-promp (ProMP's AntRandDirec), ProMP (seed 1)",
+        by_env_steps=True,
+        references=[Reference("ProMP paper, after adaptation: ≈ 175 at 5e7 env steps", [(5e7, 175)], True)],
+        xlim=5.5e7,
+    ),
 ]
 
 
