@@ -58,6 +58,20 @@ def navigation_figure(run: Path, variant: str) -> Figure:
     return Figure(run=run, title=title, by_env_steps=False, references=[PYTORCH_MAML_RL], zoom=50)
 
 
+def promp_paper_figure(
+    name: str, title: str, label: str, published: tuple[float, float], legend: str = "lower right"
+) -> Figure:
+    """A shipped MuJoCo run against env steps, with the ProMP paper's return at its budget as a line."""
+    return Figure(
+        run=pretrained.root() / name,
+        title=title,
+        by_env_steps=True,
+        references=[Reference(label, [published], True)],
+        legend=legend,
+        xlim=published[0] * 1.1,
+    )
+
+
 FIGURES = [
     navigation_figure(
         ROOT / "tests" / "data" / "runs" / "navigation-2d-drift", "MAML's inner loss, exact Fisher products"
@@ -65,27 +79,24 @@ FIGURES = [
     navigation_figure(
         pretrained.root() / "navigation-2d-maml-trpo", "default config: LVC inner loss, cg_subsample 0.5"
     ),
-    Figure(
-        run=pretrained.root() / "halfcheetah-dir-promp",
-        title="halfcheetah-dir, ProMP protocol (seed 1; collapsed at iteration 496)",
-        by_env_steps=True,
+    promp_paper_figure(
+        "halfcheetah-dir-promp",
+        "halfcheetah-dir, ProMP protocol (seed 1; collapsed at iteration 496)",
+        "ProMP paper, after adaptation: ≈ 310 at 1.2e8 env steps",
+        (1.2e8, 310),
         legend="center right",
-        references=[Reference("ProMP paper, after adaptation: ≈ 310 at 1.2e8 env steps", [(1.2e8, 310)], True)],
-        xlim=1.3e8,
     ),
-    Figure(
-        run=pretrained.root() / "halfcheetah-dir-maml-trpo",
-        title="halfcheetah-dir, ProMP protocol, MAML-TRPO with the LVC inner loss (seed 1)",
-        by_env_steps=True,
-        references=[Reference("ProMP paper, MAML-TRPO after adaptation: ≈ 260 at 1.2e8", [(1.2e8, 260)], True)],
-        xlim=1.3e8,
+    promp_paper_figure(
+        "halfcheetah-dir-maml-trpo",
+        "halfcheetah-dir, ProMP protocol, MAML-TRPO with the LVC inner loss (seed 1)",
+        "ProMP paper, MAML-TRPO after adaptation: ≈ 260 at 1.2e8",
+        (1.2e8, 260),
     ),
-    Figure(
-        run=pretrained.root() / "ant-dir-promp",
-        title="ant-dir-promp (ProMP's AntRandDirec), ProMP (seed 1)",
-        by_env_steps=True,
-        references=[Reference("ProMP paper, after adaptation: ≈ 175 at 5e7 env steps", [(5e7, 175)], True)],
-        xlim=5.5e7,
+    promp_paper_figure(
+        "ant-dir-promp",
+        "ant-dir-promp (ProMP's AntRandDirec), ProMP (seed 1)",
+        "ProMP paper, after adaptation: ≈ 175 at 5e7 env steps",
+        (5e7, 175),
     ),
 ]
 
