@@ -144,8 +144,10 @@ class MAMLTRPO(MetaLearner):
 
         def product(v: torch.Tensor) -> torch.Tensor:
             step = unflatten(eps * v, params)
-            plus = kl_gradient({name: (p + step[name]).detach().requires_grad_() for name, p in params.items()})
-            minus = kl_gradient({name: (p - step[name]).detach().requires_grad_() for name, p in params.items()})
+            plus, minus = (
+                kl_gradient({name: (p + sign * step[name]).detach().requires_grad_() for name, p in params.items()})
+                for sign in (1.0, -1.0)
+            )
             return (plus - minus) / (2 * eps)
 
         return product

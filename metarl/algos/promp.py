@@ -34,6 +34,7 @@ from metarl.hyperparameters import (
     Hyperparameter,
     one_of,
 )
+from metarl.metrics import NON_FINITE
 from metarl.policies.batched import Params, policy_kl, stack
 from metarl.sampling.episodes import masked_mean
 
@@ -58,7 +59,6 @@ class ProMP(GradientMetaLearner):
         super().__init__(*args, **kwargs)
         self.outer_steps = self.promp_steps
         self.kl_coef = self.inner_kl_coef
-        self.undone_steps = 0  # this batch's Adam steps undone by `max_inner_kl` (0 or 1)
 
     def inner_kl(self, params: Params, batch: SampledBatch) -> torch.Tensor:
         """This rank's share of the mean over tasks of KL(πθo ‖ πθ) on the train observations."""
@@ -96,13 +96,13 @@ class ProMP(GradientMetaLearner):
             for name, p in params.items():
                 p.copy_(before[name])
         self.optimizer.load_state_dict(moments)
-        self.undone_steps += 1
         return False
 
     def update(self, batch: SampledBatch) -> dict[str, float]:
-        self.undone_steps = 0
         metrics = super().update(batch)
-        metrics["train/outer_step_undone"] = float(self.undone_steps)
+        # fewer steps than promp_steps without a refusal: the last one was undone (`max_inner_kl`)
+        stopped = metrics["train/outer_steps_taken"] < self.outer_steps and not metrics[NON_FINITE]
+        metrics["train/outer_step_undone"] = float(stopped)
         # the KL after the last Adam step, as the reference implementation's compute_stats measures it
         with torch.no_grad():
             kl = distributed.all_reduce_sum(self.inner_kl(dict(self.policy.named_parameters()), batch)).item()
