@@ -9,6 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from metarl import registry
 from metarl.algos.base import MetaLearner
@@ -168,3 +169,33 @@ def test_short_run_improves_the_return_after_adaptation():
     history = Trainer(config).train(40)
     after = np.array([m["return/after_adaptation"] for m in history])
     assert after[-10:].mean() > after[:10].mean() + 0.8, after.round(2)
+
+
+def test_lstm_over_whole_sequences_matches_sb3_contribs_step_by_step_loop():
+    """`_lstm_over_sequences` against sb3-contrib's own `_process_sequence` (which steps the LSTM one
+    time step at a time whenever a batch holds an episode start): same outputs, states and gradients,
+    for padded sequences whose first step does or does not start an episode."""
+    from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+
+    from metarl.algos.rl2 import _lstm_over_sequences
+
+    torch.manual_seed(0)
+    lstm = nn.LSTM(5, 8)
+    n_seq, length = 4, 7
+    features = torch.randn(n_seq * length, 5, requires_grad=True)
+    states = (torch.randn(1, n_seq, 8), torch.randn(1, n_seq, 8))
+    starts = torch.zeros(n_seq, length)
+    starts[[0, 2], 0] = 1.0  # sequences 0 and 2 begin an episode, 1 and 3 continue one
+    results = []
+    for process in (RecurrentActorCriticPolicy._process_sequence, _lstm_over_sequences):
+        output, (h, c) = process(features, states, starts.flatten(), lstm)
+        (grad,) = torch.autograd.grad((output.sin().sum() + h.sum() + c.sum()), features)
+        results.append((output, h, c, grad))
+    for expected, actual in zip(*results, strict=True):
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+    # a start after the first step falls back to the loop, so the result still matches
+    starts[1, 3] = 1.0
+    loop, _ = RecurrentActorCriticPolicy._process_sequence(features, states, starts.flatten(), lstm)
+    fast, _ = _lstm_over_sequences(features, states, starts.flatten(), lstm)
+    torch.testing.assert_close(fast, loop)
+    assert not torch.allclose(fast, results[0][0])

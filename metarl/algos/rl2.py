@@ -151,6 +151,42 @@ class RL2Env(gym.Env):
         self.env.close()
 
 
+def _lstm_over_sequences(
+    features: torch.Tensor,
+    lstm_states: tuple[torch.Tensor, torch.Tensor],
+    episode_starts: torch.Tensor,
+    lstm: nn.LSTM,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """sb3-contrib's `_process_sequence` with one LSTM call per batch of sequences.
+
+    RecurrentPPO cuts its rollout into sequences at episode starts, so a start can only be a
+    sequence's first step. sb3-contrib then steps the LSTM one time step at a time in Python for any
+    batch holding a start, which made PPO's update 90 % of an RL² iteration. Resetting the initial
+    state where the first step starts an episode and running the whole sequence at once computes the
+    same thing. A batch with a start after its first step keeps sb3-contrib's loop.
+    """
+    from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+
+    n_seq = lstm_states[0].shape[1]
+    starts = episode_starts.reshape((n_seq, -1)).swapaxes(0, 1)
+    if starts[1:].any():
+        return RecurrentActorCriticPolicy._process_sequence(features, lstm_states, episode_starts, lstm)
+    keep = (1.0 - starts[0]).view(1, n_seq, 1)
+    sequence = features.reshape((n_seq, -1, lstm.input_size)).swapaxes(0, 1)
+    output, final_states = lstm(sequence, (keep * lstm_states[0], keep * lstm_states[1]))
+    return torch.flatten(output.transpose(0, 1), start_dim=0, end_dim=1), final_states
+
+
+def _recurrent_policy_class() -> type:
+    """sb3-contrib's `MlpLstmPolicy`, its LSTMs run by `_lstm_over_sequences`."""
+    from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+
+    class SequenceLstmPolicy(RecurrentActorCriticPolicy):
+        _process_sequence = staticmethod(_lstm_over_sequences)
+
+    return SequenceLstmPolicy
+
+
 def _normalized(space: gym.Space[Any]) -> gym.Space[Any]:
     """[−1, 1] in place of a bounded Box (what PPO's Gaussian policy expects); other spaces as they are."""
     if isinstance(space, gym.spaces.Box) and space.is_bounded("both"):
@@ -231,7 +267,7 @@ class RL2(MetaLearner):
         self.vec_env = DummyVecEnv([make_env(int(s)) for s in seeds])
         total = self.num_envs * self.n_steps
         self.model = RecurrentPPO(
-            "MlpLstmPolicy",
+            _recurrent_policy_class(),
             self.vec_env,
             n_steps=self.n_steps,
             batch_size=max(1, total // RL2_MINIBATCHES),
