@@ -156,7 +156,7 @@ def _lstm_over_sequences(
     lstm_states: tuple[torch.Tensor, torch.Tensor],
     episode_starts: torch.Tensor,
     lstm: nn.LSTM,
-) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+) -> tuple[torch.Tensor, Any]:  # (output, (h, c)); sb3-contrib annotates the states as one tensor
     """sb3-contrib's `_process_sequence` with one LSTM call per batch of sequences.
 
     RecurrentPPO cuts its rollout into sequences at episode starts, so a start can only be a
