@@ -199,3 +199,16 @@ def test_lstm_over_whole_sequences_matches_sb3_contribs_step_by_step_loop():
     fast, _ = _lstm_over_sequences(features, states, starts.flatten(), lstm)
     torch.testing.assert_close(fast, loop)
     assert not torch.allclose(fast, results[0][0])
+
+
+def test_network_and_epoch_keys_reach_recurrent_ppo():
+    """`lstm_hidden_size`, `net_arch` and `ppo_epochs` configure sb3-contrib's model; the defaults are its own."""
+    small = {**SMALL, "meta_batch_size": 2, "horizon": 5}
+    default = Trainer(build_config(Navigation2D.reference_config(), small)).learner
+    assert default.model.policy.lstm_actor.hidden_size == 256 and default.model.n_epochs == 10
+    overrides = {"lstm_hidden_size": 16, "net_arch": [], "ppo_epochs": 3}
+    learner = Trainer(build_config(Navigation2D.reference_config(), {**small, "algo_kwargs": overrides})).learner
+    policy = learner.model.policy
+    assert policy.lstm_actor.hidden_size == policy.lstm_critic.hidden_size == 16
+    assert policy.action_net.in_features == policy.value_net.in_features == 16  # no layers after the LSTM
+    assert learner.model.n_epochs == 3

@@ -9,7 +9,8 @@ carries its LSTM state across the episodes of a trial and resets it between tria
 are seen only through the done flag. Each inner episode lasts at most `config.horizon` (or the
 family's `max_episode_steps`) steps.
 
-`RL2` trains `RecurrentPPO("MlpLstmPolicy")` on `meta_batch_size` such envs (one trial per env and
+`RL2` trains sb3-contrib's `RecurrentPPO` (its LSTM policy, `lstm_hidden_size` units, `net_arch` layers
+after the LSTM, `ppo_epochs` passes per rollout) on `meta_batch_size` such envs (one trial per env and
 meta-iteration, on the CPU). The MLP policy the trainer builds is kept to satisfy `MetaLearner` but
 never acts. Limitations: single process only (no torchrun sharding); a checkpoint holds the recurrent
 policy's and its optimizer's state but not the envs' trials in progress or their LSTM states, so a
@@ -32,7 +33,7 @@ from torch import nn
 from metarl.algos.base import MetaLearner
 from metarl.algos.held_out import AdaptationResult
 from metarl.config import Config
-from metarl.hyperparameters import POSITIVE, POSITIVE_INT, Hyperparameter
+from metarl.hyperparameters import MAX_WIDTH, POSITIVE, POSITIVE_INT, POSITIVE_INTS, Hyperparameter, positive_int
 from metarl.metrics import NON_FINITE, iteration_metrics
 from metarl.regularizers.base import Regularizer
 from metarl.tasks import TaskDistribution
@@ -239,6 +240,12 @@ class RL2(MetaLearner):
     inner_loss = None  # adapts through memory, not an inner gradient step
     outer_lr = Hyperparameter(1e-3, POSITIVE, "PPO's learning rate")
     episodes_per_trial = Hyperparameter(EPISODES_PER_TRIAL, POSITIVE_INT, "episodes of one task in a training trial")
+    # the defaults are sb3-contrib's, so runs made before these keys existed keep their networks
+    lstm_hidden_size = Hyperparameter(256, positive_int(MAX_WIDTH), "units of the actor's and the critic's LSTM")
+    net_arch = Hyperparameter(
+        [64, 64], POSITIVE_INTS, "layers between the LSTM and the action and value outputs ([] for none)"
+    )
+    ppo_epochs = Hyperparameter(10, positive_int(1000), "PPO's passes over each rollout")
 
     def __init__(
         self,
@@ -271,6 +278,8 @@ class RL2(MetaLearner):
             self.vec_env,
             n_steps=self.n_steps,
             batch_size=max(1, total // RL2_MINIBATCHES),
+            n_epochs=self.ppo_epochs,
+            policy_kwargs={"lstm_hidden_size": self.lstm_hidden_size, "net_arch": list(self.net_arch)},
             learning_rate=self.outer_lr,
             gamma=config.gamma,
             gae_lambda=config.gae_lambda,
