@@ -98,6 +98,12 @@ FIGURES = [
         "ProMP paper, after adaptation: ≈ 175 at 5e7 env steps",
         (5e7, 175),
     ),
+    promp_paper_figure(
+        "ant-dir-maml-trpo",
+        "ant-dir-promp (ProMP's AntRandDirec), MAML-TRPO (seed 1)",
+        "ProMP paper, MAML-TRPO after adaptation: ≈ 162 at 5e7 env steps",
+        (5e7, 162),
+    ),
 ]
 
 
