@@ -9,9 +9,11 @@ env-step budget, over several seeds.
 Each (learner, seed) trains from the family's shipped config with the learner's own section (the
 `algorithms:` part of envs/configs/ENV.yaml: horizon, action scale, learning rates), validation off,
 until it has taken the budget's env steps (train and validation episodes; `--budget-iterations N` is N iterations
-of MAML-TRPO's settings); `--jobs` runs at once, each in a worker process. Each finished run adds a row
-to OUT/table.csv and its curve to OUT/curves.csv; a (learner, seed, budget) already in the table is
-skipped, so a stopped comparison continues where it stopped. `--set` applies to every run after its
+of MAML-TRPO's settings); `--jobs` runs at once, each in a worker process. Each run has its run directory
+under OUT/runs/ALGO-seedS-BUDGET, with a checkpoint every `checkpoint_every` iterations. Each finished run
+adds a row to OUT/table.csv and its curve to OUT/curves.csv. A (learner, seed, budget) already in the
+table is skipped, and a stopped run continues from its newest checkpoint (`metarl train --resume`), so a
+stopped comparison continues where it stopped. `--set` applies to every run after its
 section: on halfcheetah-dir it puts the learners whose sections keep the MAML paper's horizon 200 on the
 ProMP paper's protocol, on which the ProMP paper compares them all. Then prints, per learner, the mean
 ± std over seeds of the return before and after adaptation over the last 10 iterations (for rl2: its first
@@ -23,8 +25,8 @@ from __future__ import annotations
 import argparse
 import csv
 import multiprocessing
+import shutil
 import sys
-import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -34,11 +36,11 @@ import torch
 from plot_benchmarks import running_mean
 
 from metarl import registry
-from metarl.checkpoint import write_csv
+from metarl.checkpoint import list_checkpoints, write_csv
 from metarl.config import Config, build_config, parse_set
-from metarl.metrics import RETURN_AFTER, RETURN_BEFORE
-from metarl.plotting import finish_axes, new_figure, save_figure
-from metarl.trainer import Trainer
+from metarl.metrics import ENV_STEPS, ITERATION_S, RETURN_AFTER, RETURN_BEFORE
+from metarl.plotting import finish_axes, new_figure, read_progress, save_figure
+from metarl.trainer import Trainer, resume_trainer
 
 TABLE = ["env", "algo", "seed", "budget", "iterations", "env_steps", "horizon", "action_scale"]
 TABLE += ["return_before", "return_after", "wall_s"]
@@ -58,23 +60,41 @@ def step_budget(env: str, iterations: int, overrides: dict[str, Any]) -> int:
     return iterations * 2 * config.meta_batch_size * config.fast_batch_size * horizon
 
 
+def run_folder(out: Path, algo: str, seed: int, budget: int) -> Path:
+    """The folder that holds one (learner, seed, budget)'s run directory."""
+    return out / "runs" / f"{algo}-seed{seed}-{budget}"
+
+
 def train_to_budget(
-    env: str, algo: str, seed: int, overrides: dict[str, Any], budget: int, threads: int
-) -> tuple[list[dict[str, float]], list[float], float]:
-    """Per-iteration metrics, cumulative env steps and wall-clock seconds of a run stopped at `budget` steps."""
+    env: str, algo: str, seed: int, overrides: dict[str, Any], budget: int, threads: int, folder: Path
+) -> dict[str, list[float]]:
+    """Train the run in `folder` until it has taken `budget` env steps, continuing it from its newest
+    checkpoint if it has one; returns the columns of its progress.csv."""
     torch.set_num_threads(threads)
-    trainer, steps = Trainer(learner_config(env, algo, seed, overrides)), [0.0]
+    started = [run for run in sorted(folder.glob("*/")) if list_checkpoints(run)]
+    if started:
+        trainer = resume_trainer(started[-1], lambda message: print(message, file=sys.stderr))
+        logged = read_progress(started[-1])
+        done = [s for i, s in zip(logged["iteration"], logged[ENV_STEPS]) if i <= trainer.iteration]
+        steps = [sum(done)]
+    else:
+        shutil.rmtree(folder, ignore_errors=True)  # a run stopped before its first checkpoint starts again
+        trainer, steps = Trainer(learner_config(env, algo, seed, overrides)), [0.0]
+        trainer.start_run(folder)
 
     def stop_at_budget(iteration: int, metrics: dict[str, float]) -> None:
-        steps.append(steps[-1] + metrics["perf/env_steps"])
+        steps.append(steps[-1] + metrics[ENV_STEPS])
         trainer.stop_requested = steps[-1] >= budget
         if iteration % 10 == 0:  # some learners take an hour: show they are moving
             print(f"{env} {algo} seed {seed}: iteration {iteration}, {steps[-1]:,.0f} of {budget:,} env steps",
                   file=sys.stderr, flush=True)  # fmt: skip
 
-    start = time.perf_counter()
-    history = trainer.train(10**9, stop_at_budget)
-    return history, steps[1:], time.perf_counter() - start
+    if steps[-1] < budget:
+        trainer.train(10**9, stop_at_budget)
+    else:  # trained to the budget before its table row was written
+        trainer.release_run_dir()
+    assert trainer.run_dir is not None
+    return read_progress(trainer.run_dir)
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -161,21 +181,27 @@ def main() -> None:
     # runs in worker processes, each with its own torch threads; only this process writes the files
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {
-            pool.submit(train_to_budget, args.env, a, s, overrides, steps, args.threads): (a, s) for a, s in todo
+            pool.submit(
+                train_to_budget, args.env, a, s, overrides, steps, args.threads, run_folder(args.out, a, s, steps)
+            ): (a, s)
+            for a, s in todo
         }
         for future in as_completed(futures):
             algo, seed = futures[future]
-            history, cumulative, seconds = future.result()
+            progress = future.result()
+            cumulative = np.cumsum(progress[ENV_STEPS]).tolist()
+            seconds = float(np.sum(progress[ITERATION_S]))  # the iterations' own times, summed over resumes
             config = learner_config(args.env, algo, seed, overrides)
             run = {"env": args.env, "algo": algo, "seed": seed, "budget": steps}
             curve = [
-                run
-                | {"iteration": i, "env_steps": s, "return_before": m[RETURN_BEFORE], "return_after": m[RETURN_AFTER]}
-                for i, (m, s) in enumerate(zip(history, cumulative), start=1)
+                run | {"iteration": i, "env_steps": s, "return_before": before, "return_after": after}
+                for i, (s, before, after) in enumerate(
+                    zip(cumulative, progress[RETURN_BEFORE], progress[RETURN_AFTER]), start=1
+                )
             ]
-            add_rows(curves, CURVES, curve)  # before the table row: a run without one is redone whole
+            add_rows(curves, CURVES, curve)  # before the table row: a run without one is read again
             summary = {
-                "iterations": len(history),
+                "iterations": len(curve),
                 "env_steps": cumulative[-1],
                 "horizon": config.horizon_for(registry.envs.load(args.env)),
                 "action_scale": config.env_kwargs.get("action_scale", 1.0),
@@ -185,7 +211,7 @@ def main() -> None:
             }
             add_rows(table, TABLE, [run | summary])
             print(f"{args.env} {algo} seed {seed}: {summary['return_after']:.2f} after adaptation "
-                  f"({len(history)} iterations, {seconds:.0f} s)", file=sys.stderr, flush=True)  # fmt: skip
+                  f"({len(curve)} iterations, {seconds:.0f} s)", file=sys.stderr, flush=True)  # fmt: skip
     print_table(read_rows(table))
     plot_curves(read_rows(curves), steps, f"{args.env}: every learner, {steps:,} env steps", args.out / "curves.png")
     print(f"wrote {table}, {curves}, {args.out / 'curves.png'}")
