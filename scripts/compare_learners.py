@@ -25,7 +25,9 @@ from __future__ import annotations
 import argparse
 import csv
 import multiprocessing
+import os
 import shutil
+import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -38,6 +40,7 @@ from plot_benchmarks import running_mean
 from metarl import registry
 from metarl.checkpoint import list_checkpoints, write_csv
 from metarl.config import Config, build_config, parse_set
+from metarl.lifetime import signal_on_parent_death
 from metarl.metrics import ENV_STEPS, ITERATION_S, RETURN_AFTER, RETURN_BEFORE
 from metarl.plotting import finish_axes, new_figure, read_progress, save_figure
 from metarl.trainer import Trainer, resume_trainer
@@ -95,6 +98,13 @@ def train_to_budget(
         trainer.release_run_dir()
     assert trainer.run_dir is not None
     return read_progress(trainer.run_dir)
+
+
+def stop_with_parent(parent_pid: int) -> None:
+    """A worker's initializer: the worker ends when this script ends, however it ends, instead of
+    training on as an orphan; its run continues from its newest checkpoint next time."""
+    if not signal_on_parent_death(parent_pid, signal.SIGTERM):
+        os._exit(1)
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -179,7 +189,8 @@ def main() -> None:
     todo = [(algo, seed) for algo in args.algos or registry.algorithms.names() for seed in args.seeds]
     todo = [(algo, seed) for algo, seed in todo if (args.env, algo, seed, steps) not in done]
     # runs in worker processes, each with its own torch threads; only this process writes the files
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.jobs, spawn, initializer=stop_with_parent, initargs=(os.getpid(),)) as pool:
         futures = {
             pool.submit(
                 train_to_budget, args.env, a, s, overrides, steps, args.threads, run_folder(args.out, a, s, steps)
