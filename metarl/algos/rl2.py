@@ -19,6 +19,7 @@ resumed run is not bit-identical to an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -178,8 +179,9 @@ def _lstm_over_sequences(
     return torch.flatten(output.transpose(0, 1), start_dim=0, end_dim=1), final_states
 
 
+@functools.cache
 def _recurrent_policy_class() -> type:
-    """sb3-contrib's `MlpLstmPolicy`, its LSTMs run by `_lstm_over_sequences`."""
+    """sb3-contrib's `MlpLstmPolicy`, its LSTMs run by `_lstm_over_sequences` (one class for every learner)."""
     from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 
     class SequenceLstmPolicy(RecurrentActorCriticPolicy):
