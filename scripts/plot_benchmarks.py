@@ -58,10 +58,10 @@ def navigation_figure(run: Path, variant: str) -> Figure:
     return Figure(run=run, title=title, by_env_steps=False, references=[PYTORCH_MAML_RL], zoom=50)
 
 
-def promp_paper_figure(
+def published_figure(
     name: str, title: str, label: str, published: tuple[float, float], legend: str = "lower right"
 ) -> Figure:
-    """A shipped MuJoCo run against env steps, with the ProMP paper's return at its budget as a line."""
+    """A shipped MuJoCo run against env steps, with its paper's return after adaptation at its budget as a line."""
     return Figure(
         run=pretrained.root() / name,
         title=title,
@@ -79,26 +79,32 @@ FIGURES = [
     navigation_figure(
         pretrained.root() / "navigation-2d-maml-trpo", "default config: LVC inner loss, cg_subsample 0.5"
     ),
-    promp_paper_figure(
+    published_figure(
         "halfcheetah-dir-promp",
         "halfcheetah-dir, ProMP protocol (seed 1; collapsed at iteration 496)",
         "ProMP paper, after adaptation: ≈ 310 at 1.2e8 env steps",
         (1.2e8, 310),
         legend="center right",
     ),
-    promp_paper_figure(
+    published_figure(
         "halfcheetah-dir-maml-trpo",
         "halfcheetah-dir, ProMP protocol, MAML-TRPO with the LVC inner loss (seed 1)",
         "ProMP paper, MAML-TRPO after adaptation: ≈ 260 at 1.2e8",
         (1.2e8, 260),
     ),
-    promp_paper_figure(
+    published_figure(
+        "halfcheetah-vel-maml-trpo",
+        "halfcheetah-vel, MAML paper protocol, MAML-TRPO (seed 1)",
+        "MAML paper, after one step: ≈ −78 (drawn at 500 iterations)",
+        (1.6e8, -78),
+    ),
+    published_figure(
         "ant-dir-promp",
         "ant-dir-promp (ProMP's AntRandDirec), ProMP (seed 1)",
         "ProMP paper, after adaptation: ≈ 175 at 5e7 env steps",
         (5e7, 175),
     ),
-    promp_paper_figure(
+    published_figure(
         "ant-dir-maml-trpo",
         "ant-dir-promp (ProMP's AntRandDirec), MAML-TRPO (seed 1)",
         "ProMP paper, MAML-TRPO after adaptation: ≈ 162 at 5e7 env steps",
